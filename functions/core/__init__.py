@@ -1,0 +1,1 @@
+"""Cirrus runtime core: service logic, ONNX runtime, model store, adapters. Torch-free."""

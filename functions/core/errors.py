@@ -1,0 +1,77 @@
+"""Domain errors and the one place that maps them to HTTP status + OpenAI-style bodies."""
+from __future__ import annotations
+
+from typing import Any
+
+
+class CirrusError(Exception):
+    """Base class: every error a client can see. Subclasses fix status, type and code."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type,
+                          "param": self.param, "code": self.code}}
+
+
+class InvalidJSON(CirrusError):
+    status, type, code = 400, "invalid_request_error", "invalid_json"
+
+
+class BadRequest(CirrusError):
+    status, type, code = 400, "invalid_request_error", "bad_request"
+
+
+class Unauthorized(CirrusError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class NotFound(CirrusError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(CirrusError):
+    status, type, code = 413, "invalid_request_error", "payload_too_large"
+
+
+class ValidationFailed(CirrusError):
+    status, type, code = 422, "invalid_request_error", "invalid_value"
+
+
+class Throttled(CirrusError):
+    status, type, code = 429, "rate_limit_error", "rate_limited"
+
+
+class ModelUnavailable(CirrusError):
+    """The model exists but cannot be loaded or served right now (bad bundle, endpoint down)."""
+
+    status, type, code = 503, "server_error", "model_unavailable"
+
+
+class BundleError(ModelUnavailable):
+    """A bundle failed verification (sha256, size, manifest)."""
+
+    code = "bundle_invalid"
+
+
+def to_response(err: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Map any exception to (status, body, headers). Unknown exceptions become a bare 500."""
+    if isinstance(err, CirrusError):
+        return err.status, err.body(), dict(err.headers)
+    generic = CirrusError("The server had an error while processing your request.")
+    return 500, generic.body(), {}

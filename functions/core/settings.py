@@ -1,0 +1,82 @@
+"""Runtime settings: the Lambda environment, validated once per container (names only, no secrets).
+
+Every environment variable the functions read is declared here and nowhere else. The CDK stack
+(infra/) and the local system (local/) set exactly these names.
+"""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import BaseModel, Field, ValidationError, field_validator
+
+ENV_PREFIX = "CIRRUS_"
+
+
+class Settings(BaseModel):
+    # --- where models come from: S3 registry (artifacts bucket) or a local folder of bundles ---
+    artifacts_bucket: str | None = None
+    model_dir: str | None = None             # local alternative: <model_dir>/<name>/ is a bundle
+    models: list[str] = Field(default_factory=list)  # model names served (empty: all in registry/dir)
+    default_embedding_model: str = "all-minilm-l6-v2"
+    cache_dir: str = "/tmp/cirrus"
+    # --- stores ---
+    api_keys_table: str | None = None
+    jobs_table: str | None = None
+    idempotency_table: str | None = None
+    data_bucket: str | None = None
+    work_queue_url: str | None = None
+    # --- heavy path ---
+    heavy_endpoint_name: str | None = None   # empty/None: heavy path disabled in this stage
+    heavy_models: list[str] = Field(default_factory=list)
+    # --- limits ---
+    max_inputs: int = 256
+    max_chars: int = 20_000
+    max_body_bytes: int = 2_000_000
+    token_overflow: Literal["truncate", "reject"] = "truncate"
+    batch_size: int = 32
+    # --- runtime ---
+    intra_op_threads: int = 0  # 0: one per CPU the function has
+    stage: str = "local"
+
+    @field_validator("models", "heavy_models", mode="before")
+    @classmethod
+    def _split_csv(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [s.strip() for s in v.split(",") if s.strip()]
+        return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _empty_is_none(cls, v: object) -> object:
+        return None if v == "" else v
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        environ = os.environ if environ is None else environ
+        raw = {k[len(ENV_PREFIX):].lower(): v for k, v in environ.items() if k.startswith(ENV_PREFIX)}
+        known = {k: v for k, v in raw.items() if k in cls.model_fields}
+        try:
+            return cls(**known)
+        except ValidationError as exc:
+            # A misconfigured function must fail loudly at cold start, naming the variable.
+            names = ", ".join(ENV_PREFIX + str(e["loc"][0]).upper() for e in exc.errors())
+            raise RuntimeError(f"invalid Cirrus environment: {names}: {exc}") from exc
+
+    def env(self) -> dict[str, str]:
+        """The inverse of ``from_env``: the environment that yields these settings."""
+        out: dict[str, str] = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, list):
+                value = ",".join(value)
+            out[ENV_PREFIX + name.upper()] = str(value)
+        return out
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this container, read once. Tests call ``get_settings.cache_clear()``."""
+    return Settings.from_env()

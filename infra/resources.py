@@ -1,0 +1,78 @@
+"""The stores Cirrus needs, as plain data: one list read by the CDK constructs and by the local system.
+
+No CDK import here, so the local emulation (local/) can create the same buckets, tables and queues
+on a moto server from the same description the stack deploys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str
+    type: str = "S"  # S | N
+
+
+@dataclass(frozen=True)
+class Index:
+    name: str
+    partition: Key
+    sort: Key | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    id: str                    # logical id, e.g. "Jobs"
+    env: str                   # Settings field that receives the table name
+    partition: Key
+    sort: Key | None = None
+    ttl_attribute: str | None = None
+    indexes: tuple[Index, ...] = ()
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    id: str
+    env: str | None            # Settings field that receives the queue URL (None: not read by code)
+    max_receive_count: int = 3  # receives before a message moves to the queue's DLQ
+
+
+@dataclass(frozen=True)
+class BucketSpec:
+    id: str
+    env: str
+
+
+@dataclass(frozen=True)
+class Resources:
+    buckets: tuple[BucketSpec, ...]
+    tables: tuple[TableSpec, ...]
+    queues: tuple[QueueSpec, ...]
+    # S3 prefixes shared by the exporter, the runtime, the batch pipeline and the stack
+    models_prefix: str = "models/"
+    jobs_input_prefix: str = "jobs/input/"
+    jobs_output_prefix: str = "jobs/output/"
+    jobs_work_prefix: str = "jobs/work/"
+    extra: dict = field(default_factory=dict)
+
+
+RESOURCES = Resources(
+    buckets=(
+        BucketSpec(id="Artifacts", env="artifacts_bucket"),
+        BucketSpec(id="Data", env="data_bucket"),
+    ),
+    tables=(
+        TableSpec(id="ApiKeys", env="api_keys_table", partition=Key("key_id")),
+        TableSpec(id="Jobs", env="jobs_table", partition=Key("pk"), sort=Key("sk"),
+                  ttl_attribute="expires_at",
+                  indexes=(Index("by_created", Key("kind"), Key("created_at")),)),
+        # Powertools idempotency layout: partition "id", TTL "expiration".
+        TableSpec(id="Idempotency", env="idempotency_table", partition=Key("id"),
+                  ttl_attribute="expiration"),
+    ),
+    queues=(
+        QueueSpec(id="JobEvents", env=None),           # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
+        QueueSpec(id="Work", env="work_queue_url"),    # chunk messages -> worker
+    ),
+)
