@@ -36,6 +36,15 @@ class Settings(BaseModel):
     max_body_bytes: int = 2_000_000
     token_overflow: Literal["truncate", "reject"] = "truncate"
     batch_size: int = 32
+    # --- batch jobs (functions/core/batch) ---
+    batch_chunk_lines: int = Field(1_000, ge=1)          # input lines per work message
+    batch_chunk_bytes: int = Field(4_000_000, ge=1024)   # ...or fewer, so one chunk stays small
+    batch_max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
+    batch_max_line_bytes: int = Field(100_000, ge=64)
+    batch_max_lines: int = Field(1_000_000, ge=1)
+    batch_job_ttl_days: int = Field(30, ge=1)           # job records expire (DynamoDB TTL)
+    batch_url_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)  # presigned upload/result URLs
+    max_receive_count: int = Field(3, ge=1)             # = the queues' redrive maxReceiveCount
     # --- runtime ---
     intra_op_threads: int = 0  # 0: one per CPU the function has
     stage: str = "local"
