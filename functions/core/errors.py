@@ -63,6 +63,12 @@ class Throttled(CirrusError):
     status, type, code = 429, "rate_limit_error", "rate_limited"
 
 
+class UpstreamTimeout(CirrusError):
+    """A backend (e.g. the heavy SageMaker endpoint) did not answer in time."""
+
+    status, type, code = 504, "server_error", "upstream_timeout"
+
+
 class ModelUnavailable(CirrusError):
     """The model exists but cannot be loaded or served right now (bad bundle, endpoint down)."""
 

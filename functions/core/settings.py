@@ -30,6 +30,17 @@ class Settings(BaseModel):
     # --- heavy path ---
     heavy_endpoint_name: str | None = None   # empty/None: heavy path disabled in this stage
     heavy_models: list[str] = Field(default_factory=list)
+    heavy_inference_component: str | None = None  # set when the endpoint hosts inference components
+    heavy_connect_timeout_s: float = Field(2.0, gt=0)
+    heavy_read_timeout_s: float = Field(25.0, gt=0)   # under API Gateway's 29 s, with room to answer
+    heavy_max_attempts: int = Field(3, ge=1, le=10)   # per request, on throttling/5xx/connect errors
+    heavy_breaker_failures: int = Field(5, ge=1)      # consecutive failures that open the breaker
+    heavy_breaker_reset_s: float = Field(30.0, gt=0)  # open this long, then one half-open probe
+    # --- generation (functions/core/generation) ---
+    generation_models: list[str] = Field(default_factory=lambda: ["cirrus-tiny-gpt2"])  # light: ONNX on Lambda
+    generation_default_max_tokens: int = Field(128, ge=1)
+    light_max_tokens: int = Field(256, ge=1)     # larger requests leave the Lambda (heavy or async)
+    sync_max_tokens: int = Field(1024, ge=1)     # larger requests become async jobs
     # --- limits ---
     max_inputs: int = 256
     max_chars: int = 20_000
@@ -49,7 +60,7 @@ class Settings(BaseModel):
     intra_op_threads: int = 0  # 0: one per CPU the function has
     stage: str = "local"
 
-    @field_validator("models", "heavy_models", mode="before")
+    @field_validator("models", "heavy_models", "generation_models", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):
