@@ -1,0 +1,52 @@
+"""S3 access for the functions: small, typed operations over the container's one S3 client."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from botocore.exceptions import ClientError
+
+from functions.core.adapters.base import client
+
+NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+
+
+class ObjectNotFound(LookupError):
+    """The key (or the bucket) does not exist."""
+
+
+def _raise_not_found(exc: ClientError, bucket: str, key: str) -> None:
+    code = exc.response.get("Error", {}).get("Code")
+    if code in NOT_FOUND_CODES:
+        raise ObjectNotFound(f"s3://{bucket}/{key}") from exc
+
+
+def get_bytes(bucket: str, key: str) -> bytes:
+    """The whole object (small objects: pointers, manifests, job chunks)."""
+    try:
+        return client("s3").get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        _raise_not_found(exc, bucket, key)
+        raise
+
+
+def download_file(bucket: str, key: str, dest: Path) -> None:
+    """Stream an object to ``dest`` (managed multipart transfer for large model files)."""
+    try:
+        client("s3").download_file(bucket, key, str(dest))
+    except ClientError as exc:
+        _raise_not_found(exc, bucket, key)
+        raise
+
+
+def put_bytes(bucket: str, key: str, body: bytes, *, content_type: str = "application/octet-stream") -> None:
+    # The buckets enforce SSE-KMS by default encryption; nothing to pass per object.
+    client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def list_prefixes(bucket: str, prefix: str) -> list[str]:
+    """The immediate "sub-folders" of ``prefix`` (e.g. model names under ``models/``)."""
+    out: list[str] = []
+    paginator = client("s3").get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+        out.extend(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
+    return out

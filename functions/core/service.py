@@ -1,0 +1,134 @@
+"""The light-path use cases behind the HTTP routes: embeddings, classification, model list, health.
+
+Each takes a validated request, enforces the limits from Settings, asks the model store for the
+model and shapes an OpenAI-style response body. Logs carry ids, sizes and timings, never text.
+"""
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from functions.core.errors import PayloadTooLarge
+from functions.core.model_store import loaded_versions, store
+from functions.core.observability import logger, metrics
+from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
+from functions.core.settings import Settings
+
+MODEL_VERSION_HEADER = "X-Cirrus-Model-Version"
+
+
+@dataclass
+class Result:
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def check_limits(texts: list[str], settings: Settings) -> None:
+    """Inputs per request and characters per input (tokens are checked by the runtime)."""
+    if len(texts) > settings.max_inputs:
+        raise PayloadTooLarge(f"too many inputs: {len(texts)} > {settings.max_inputs} per request",
+                              param="input", code="too_many_inputs")
+    for i, text in enumerate(texts):
+        if len(text) > settings.max_chars:
+            raise PayloadTooLarge(f"input[{i}] has {len(text)} characters, the limit is {settings.max_chars}",
+                                  param="input", code="input_too_long")
+
+
+def _usage(token_counts: list[int]) -> dict[str, int]:
+    total = int(sum(token_counts))
+    return {"prompt_tokens": total, "total_tokens": total}
+
+
+def _record(kind: str, model_name: str, version: str, n_inputs: int, tokens: int, seconds: float) -> None:
+    metrics.add_dimension(name="model", value=model_name)
+    metrics.add_metadata(key="model_version", value=version)
+    metrics.add_metric(name="InferenceLatency", unit="Milliseconds", value=seconds * 1000)
+    metrics.add_metric(name="Inputs", unit="Count", value=n_inputs)
+    metrics.add_metric(name="Tokens", unit="Count", value=tokens)
+    logger.info(f"{kind} done", extra={"model": model_name, "version": version, "inputs": n_inputs,
+                                       "tokens": tokens, "ms": round(seconds * 1000, 2)})
+
+
+def _encode_vector(v: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":
+        # OpenAI's base64 format: the little-endian float32 bytes (what the openai client decodes).
+        return base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")
+    return v.tolist()
+
+
+def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
+    name = req.model or settings.default_embedding_model
+    texts = req.texts()
+    check_limits(texts, settings)
+    model = store().get(name)
+    started = time.perf_counter()
+    vectors, counts = model.embed(texts, overflow=settings.token_overflow)
+    seconds = time.perf_counter() - started
+    _record("embeddings", name, model.version, len(texts), sum(counts), seconds)
+    data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
+            for i, v in enumerate(vectors)]
+    return Result({"object": "list", "data": data, "model": name, "usage": _usage(counts)},
+                  {MODEL_VERSION_HEADER: model.version})
+
+
+def classify(req: ClassifyRequest, settings: Settings) -> Result:
+    texts = req.texts()
+    check_limits(texts, settings)
+    model = store().get(req.model)
+    started = time.perf_counter()
+    probs, counts = model.classify(texts, overflow=settings.token_overflow)
+    seconds = time.perf_counter() - started
+    _record("classify", req.model, model.version, len(texts), sum(counts), seconds)
+    labels = model.manifest.labels
+    data = []
+    for i, row in enumerate(probs):
+        order = np.argsort(-row, kind="stable")[: req.top_k or len(labels)]
+        scores = [{"label": labels[j], "score": float(row[j])} for j in order]
+        data.append({"object": "classification", "index": i, "label": scores[0]["label"],
+                     "score": scores[0]["score"], "scores": scores})
+    return Result({"object": "list", "data": data, "model": req.model, "usage": _usage(counts)},
+                  {MODEL_VERSION_HEADER: model.version})
+
+
+def _created(iso: str) -> int:
+    try:
+        return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return 0
+
+
+def list_models(settings: Settings) -> Result:
+    """OpenAI's model list; ``cirrus`` holds the manifest facts a client may need."""
+    data: list[dict[str, Any]] = []
+    st = store()
+    for name in st.names():
+        info = st.describe(name)
+        entry: dict[str, Any] = {"id": name, "object": "model", "owned_by": "cirrus", "created": 0}
+        if info.manifest is None:
+            entry["cirrus"] = {"path": "light", "status": "unavailable", "error": info.error}
+        else:
+            m = info.manifest
+            entry["created"] = _created(m.created_at)
+            entry["cirrus"] = {
+                "path": "light", "status": "ready" if name in st.loaded() else "available",
+                "version": m.version, "task": m.task, "max_length": m.max_length,
+                "pooling": m.pooling, "normalize": m.normalize, "labels": m.labels,
+                "quantization": m.quantization.model_dump(), "arch": m.arch,
+                "source": m.source.model_dump(), "gate": m.gate.model_dump() if m.gate else None,
+            }
+        data.append(entry)
+    if settings.heavy_endpoint_name:
+        for name in settings.heavy_models:
+            data.append({"id": name, "object": "model", "owned_by": "cirrus", "created": 0,
+                         "cirrus": {"path": "heavy", "task": "text-generation"}})
+    return Result({"object": "list", "data": data})
+
+
+def health(settings: Settings) -> Result:
+    """Liveness: cheap, never loads a model or calls AWS."""
+    return Result({"status": "ok", "stage": settings.stage, "models_loaded": loaded_versions()})
