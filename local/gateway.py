@@ -1,0 +1,396 @@
+"""A local API Gateway (REST, Lambda proxy): HTTP -> TOKEN authorizer -> API Gateway v1 event -> handler.
+
+What a deployed REST API does in front of the api Lambda, done in-process and in milliseconds:
+the identity source (``Authorization`` header) checked before any Lambda runs, the TOKEN
+authorizer's IAM policy evaluated against the method ARN (optionally cached per token, like API
+Gateway's authorizer cache), the proxy event built in the v1 format, and the Lambda's proxy
+response turned back into HTTP (502 on a function error or a malformed response, 504 past the
+integration timeout). Gateway-generated errors use the same OpenAI-style body as the API.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from functions.core.errors import CirrusError, Forbidden, PayloadTooLarge, Unauthorized
+from local.config import ACCOUNT_ID, REGION
+from local.lambdas import LambdaFunction
+
+log = logging.getLogger("cirrus.local.gateway")
+
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway REST request payload limit
+PROXY_RESOURCE = "/{proxy+}"
+
+
+class BadGateway(CirrusError):
+    """The integration failed: the function raised, or returned something that is not a proxy response."""
+
+    status, type, code = 502, "server_error", "bad_gateway"
+
+
+class GatewayTimeout(CirrusError):
+    status, type, code = 504, "server_error", "gateway_timeout"
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass
+class HttpRequest:
+    method: str
+    target: str                          # path + query, as sent on the request line
+    headers: list[tuple[str, str]]       # in order, repeated names kept
+    body: bytes
+    source_ip: str = "127.0.0.1"
+
+    def header(self, name: str) -> str | None:
+        found = [v for k, v in self.headers if k.lower() == name.lower()]
+        return found[-1] if found else None
+
+
+def method_arn(api_id: str, stage: str, method: str, path: str) -> str:
+    return f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api_id}/{stage}/{method}/{path.lstrip('/')}"
+
+
+def build_proxy_event(req: HttpRequest, *, api_id: str, stage: str, request_id: str,
+                      authorizer: dict[str, Any] | None, host: str) -> dict[str, Any]:
+    """The API Gateway REST (v1) proxy event for ``req`` on a ``/{proxy+}`` resource."""
+    split = urlsplit(req.target)
+    path = unquote(split.path) or "/"
+    multi_q: dict[str, list[str]] = {}
+    for k, v in parse_qsl(split.query, keep_blank_values=True):
+        multi_q.setdefault(k, []).append(v)
+    headers = list(req.headers) + [("X-Forwarded-For", req.source_ip), ("X-Forwarded-Proto", "http"),
+                                   ("X-Amzn-Trace-Id", f"Root=1-{int(time.time()):08x}-{uuid.uuid4().hex[:24]}")]
+    multi_h: dict[str, list[str]] = {}
+    for k, v in headers:
+        multi_h.setdefault(k, []).append(v)
+    body, is_b64 = _event_body(req.body, req.header("content-type"))
+    now = time.time()
+    resource = "/" if path == "/" else PROXY_RESOURCE
+    return {
+        "resource": resource,
+        "path": path,
+        "httpMethod": req.method,
+        "headers": {k: v[-1] for k, v in multi_h.items()},
+        "multiValueHeaders": multi_h,
+        "queryStringParameters": {k: v[-1] for k, v in multi_q.items()} or None,
+        "multiValueQueryStringParameters": multi_q or None,
+        "pathParameters": None if resource == "/" else {"proxy": path.lstrip("/")},
+        "stageVariables": None,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": api_id,
+            "resourceId": "local",
+            "resourcePath": resource,
+            "httpMethod": req.method,
+            "path": f"/{stage}{path}",
+            "stage": stage,
+            "requestId": request_id,
+            "extendedRequestId": request_id,
+            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "requestTimeEpoch": int(now * 1000),
+            "protocol": "HTTP/1.1",
+            "domainName": host,
+            "domainPrefix": host.split(".")[0],
+            "identity": {
+                "sourceIp": req.source_ip, "userAgent": req.header("user-agent"),
+                "accessKey": None, "accountId": None, "apiKey": None, "apiKeyId": None,
+                "caller": None, "cognitoAuthenticationProvider": None,
+                "cognitoAuthenticationType": None, "cognitoIdentityId": None,
+                "cognitoIdentityPoolId": None, "principalOrgId": None, "user": None, "userArn": None,
+            },
+            "authorizer": authorizer,
+        },
+        "body": body,
+        "isBase64Encoded": is_b64,
+    }
+
+
+def _event_body(raw: bytes, content_type: str | None) -> tuple[str | None, bool]:
+    if not raw:
+        return None, False
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        # Bytes that are not text reach the function base64-encoded (a binary media type in AWS).
+        return base64.b64encode(raw).decode("ascii"), True
+
+
+# ----------------------------------------------------------------------------- authorizer
+
+
+def _iam_match(pattern: str, value: str) -> bool:
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value) is not None
+
+
+def _as_list(v: Any) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def evaluate_policy(policy: dict[str, Any], arn: str) -> bool:
+    """IAM evaluation for execute-api:Invoke on ``arn``: an explicit Deny wins, else an Allow is needed.
+
+    Raises ValueError on a policy API Gateway would reject (it answers 500 then).
+    """
+    doc = policy.get("policyDocument")
+    if not isinstance(policy.get("principalId"), str) or not isinstance(doc, dict):
+        raise ValueError("authorizer response needs principalId and policyDocument")
+    allowed = False
+    for st in _as_list(doc.get("Statement", [])):
+        if not isinstance(st, dict) or st.get("Effect") not in ("Allow", "Deny"):
+            raise ValueError("policy statement needs Effect Allow|Deny")
+        actions = [str(a).lower() for a in _as_list(st.get("Action", []))]
+        if not any(_iam_match(a, "execute-api:invoke") for a in actions):
+            continue
+        if any(_iam_match(str(r), arn) for r in _as_list(st.get("Resource", []))):
+            if st["Effect"] == "Deny":
+                return False
+            allowed = True
+    return allowed
+
+
+class AuthorizerCache:
+    """Policies by token for ``ttl_s`` seconds, as API Gateway caches TOKEN authorizer results."""
+
+    def __init__(self, ttl_s: int) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, dict]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str) -> dict | None:
+        if self.ttl_s <= 0:
+            return None
+        with self._lock:
+            hit = self._entries.get(token)
+            if hit and hit[0] > time.monotonic():
+                return hit[1]
+            self._entries.pop(token, None)
+            return None
+
+    def put(self, token: str, policy: dict) -> None:
+        if self.ttl_s > 0:
+            with self._lock:
+                self._entries[token] = (time.monotonic() + self.ttl_s, policy)
+
+
+# ----------------------------------------------------------------------------- gateway
+
+
+@dataclass
+class HttpResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class Gateway:
+    """Turns one HTTP request into the authorizer + api Lambda calls API Gateway would make."""
+
+    def __init__(self, api: LambdaFunction, authorizer: LambdaFunction | None, *, stage: str,
+                 api_id: str = "cirruslocal", cache_ttl_s: int = 0, timeout_s: float = 29,
+                 host: str = "127.0.0.1") -> None:
+        self.api = api
+        self.authorizer = authorizer
+        self.stage = stage
+        self.api_id = api_id
+        self.cache = AuthorizerCache(cache_ttl_s)
+        self.timeout_s = timeout_s
+        self.host = host
+
+    def handle(self, req: HttpRequest) -> HttpResponse:
+        request_id = str(uuid.uuid4())
+        start = time.perf_counter()
+        try:
+            resp = self._handle(req, request_id)
+        except CirrusError as err:
+            resp = _error_response(err)
+        except Exception:  # noqa: BLE001 - a gateway bug must still answer, and be in the log
+            log.exception("gateway error request_id=%s", request_id)
+            resp = _error_response(BadGateway("Internal server error"))
+        resp.headers += [("x-amzn-RequestId", request_id), ("x-amz-apigw-id", request_id[:16])]
+        # Access log: ids, sizes and timings only; never the body or the Authorization header.
+        log.info("ACCESS request_id=%s method=%s path=%s status=%d bytes_in=%d bytes_out=%d ms=%.1f",
+                 request_id, req.method, urlsplit(req.target).path, resp.status, len(req.body),
+                 len(resp.body), (time.perf_counter() - start) * 1000)
+        return resp
+
+    def _handle(self, req: HttpRequest, request_id: str) -> HttpResponse:
+        if len(req.body) > MAX_PAYLOAD_BYTES:
+            raise PayloadTooLarge(f"Request body exceeds {MAX_PAYLOAD_BYTES} bytes.")
+        path = unquote(urlsplit(req.target).path) or "/"
+        authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
+        event = build_proxy_event(req, api_id=self.api_id, stage=self.stage, request_id=request_id,
+                                  authorizer=authorizer_ctx, host=self.host)
+        started = time.monotonic()
+        try:
+            result = self.api.invoke(event)
+        except Exception as exc:  # noqa: BLE001 - any function error is a 502 at the gateway
+            log.error("api function error request_id=%s error=%s", request_id, type(exc).__name__)
+            raise BadGateway("Internal server error") from exc
+        if time.monotonic() - started > self.timeout_s:
+            raise GatewayTimeout("Endpoint request timed out")
+        return proxy_response_to_http(result)
+
+    def _authorize(self, req: HttpRequest, arn: str) -> dict[str, Any] | None:
+        if self.authorizer is None:
+            return None
+        token = req.header("authorization")
+        if not token:
+            # API Gateway answers 401 without calling the authorizer when the identity source is empty.
+            raise Unauthorized("Missing API key: send the header 'Authorization: Bearer <key>'.")
+        policy = self.cache.get(token)
+        started = time.perf_counter()
+        if policy is None:
+            try:
+                policy = self.authorizer.invoke({"type": "TOKEN", "authorizationToken": token,
+                                                 "methodArn": arn})
+            except Exception as exc:  # noqa: BLE001
+                # A Lambda authorizer signals 401 by failing with exactly "Unauthorized".
+                if str(exc) == "Unauthorized":
+                    raise Unauthorized("Incorrect API key provided.") from None
+                log.error("authorizer error type=%s", type(exc).__name__)
+                raise CirrusError("Authorizer failed.", code="authorizer_error") from exc
+            if not isinstance(policy, dict):
+                raise CirrusError("Authorizer returned no policy.", code="authorizer_error")
+        try:
+            allowed = evaluate_policy(policy, arn)
+        except ValueError as exc:
+            log.error("authorizer returned an invalid policy: %s", exc)
+            raise CirrusError("Authorizer returned an invalid policy.", code="authorizer_error") from None
+        self.cache.put(token, policy)
+        if not allowed:
+            raise Forbidden("This API key is not allowed to access this resource.")
+        # API Gateway hands the context to the integration with string values + principalId.
+        ctx = {k: (json.dumps(v) if isinstance(v, bool) else str(v))
+               for k, v in (policy.get("context") or {}).items()}
+        ctx["principalId"] = policy["principalId"]
+        ctx["integrationLatency"] = int((time.perf_counter() - started) * 1000)
+        return ctx
+
+
+def _error_response(err: CirrusError) -> HttpResponse:
+    body = json.dumps(err.body()).encode()
+    headers = [("Content-Type", "application/json")] + list(err.headers.items())
+    if err.status == 401:
+        headers.append(("WWW-Authenticate", 'Bearer realm="cirrus"'))
+    return HttpResponse(err.status, headers, body)
+
+
+def proxy_response_to_http(result: Any) -> HttpResponse:
+    """Map a Lambda proxy response to HTTP; anything malformed is API Gateway's 502."""
+    if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
+        log.error("malformed Lambda proxy response (no integer statusCode)")
+        raise BadGateway("Internal server error")
+    headers: list[tuple[str, str]] = []
+    multi = result.get("multiValueHeaders") or {}
+    single = result.get("headers") or {}
+    if not isinstance(multi, dict) or not isinstance(single, dict):
+        raise BadGateway("Internal server error")
+    for k, values in multi.items():
+        headers += [(k, str(v)) for v in _as_list(values)]
+    seen = {k.lower() for k in multi}
+    headers += [(k, str(v)) for k, v in single.items() if k.lower() not in seen]
+    body = result.get("body")
+    if body is None:
+        raw = b""
+    elif not isinstance(body, str):
+        raise BadGateway("Internal server error")
+    elif result.get("isBase64Encoded"):
+        raw = base64.b64decode(body)
+    else:
+        raw = body.encode("utf-8")
+    if not any(k.lower() == "content-type" for k, _ in headers):
+        headers.append(("Content-Type", "application/json"))
+    return HttpResponse(result["statusCode"], headers, raw)
+
+
+# ----------------------------------------------------------------------------- HTTP server
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "cirrus-local-gateway"
+    gateway: Gateway  # set on the subclass made per server
+
+    def _serve(self) -> None:
+        try:
+            body = self._read_body()
+        except ValueError:
+            self.send_error(400, "bad request body")
+            return
+        req = HttpRequest(method=self.command, target=self.path,
+                          headers=[(k, v) for k, v in self.headers.items()],
+                          body=body, source_ip=self.client_address[0])
+        resp = self.gateway.handle(req)
+        self.send_response(resp.status)
+        for k, v in resp.headers:
+            if k.lower() not in _HOP_BY_HOP:
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(resp.body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(resp.body)
+
+    def _read_body(self) -> bytes:
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(chunks)
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        return self.rfile.read(length) if length else b""
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        # The gateway writes its own access log line; the stdlib one would go to stderr.
+        pass
+
+
+class GatewayServer:
+    """A threaded HTTP server on ``host:port`` in front of a ``Gateway``; ``port=0`` picks a free one."""
+
+    def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = type("GatewayHandler", (_Handler,), {"gateway": gateway})
+        self._httpd = ThreadingHTTPServer((host, port), handler)  # raises OSError if the port is taken
+        self._httpd.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> str:
+        # A short poll interval makes shutdown (Ctrl-C, test teardown) prompt.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="gateway", daemon=True)
+        self._thread.start()
+        return self.url
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._httpd.server_close()

@@ -1,0 +1,244 @@
+"""The local API gateway: HTTP -> TOKEN authorizer -> API Gateway v1 event -> handler -> HTTP."""
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+import requests
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
+
+from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayServer, HttpRequest, evaluate_policy,
+                           method_arn)
+from local.lambdas import LambdaFunction
+
+ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:cirruslocal/local"
+
+
+def allow_all(token_event, context=None, *, effect="Allow", resource=None):
+    # The policy the project's authorizer returns: the whole stage, so the cache works across routes.
+    return {"principalId": "key-1",
+            "policyDocument": {"Version": "2012-10-17", "Statement": [{
+                "Action": "execute-api:Invoke", "Effect": effect,
+                "Resource": resource or ARN_PREFIX + "/*"}]},
+            "context": {"key_id": "key-1", "key_name": "dev", "admin": False}}
+
+
+class Recorder:
+    """A fake function that remembers its events and answers like the real handlers do."""
+
+    def __init__(self, answer=None):
+        self.events = []
+        self.answer = answer or (lambda e, c: {"statusCode": 200, "headers": {"Content-Type": "application/json"},
+                                               "body": json.dumps({"ok": True})})
+
+    def __call__(self, event, context):
+        self.events.append((event, context))
+        return self.answer(event, context)
+
+
+def make_gateway(api_answer=None, authorizer=allow_all, cache_ttl_s=0):
+    api = Recorder(api_answer)
+    auth = Recorder(authorizer) if authorizer else None
+    gw = Gateway(LambdaFunction("api", api), LambdaFunction("authorizer", auth) if auth else None,
+                 stage="local", cache_ttl_s=cache_ttl_s)
+    return gw, api, auth
+
+
+@pytest.fixture()
+def served():
+    """A gateway on a free loopback port; yields a factory (answer, authorizer) -> (url, api, auth)."""
+    servers = []
+
+    def start(api_answer=None, authorizer=allow_all, cache_ttl_s=0):
+        gw, api, auth = make_gateway(api_answer, authorizer, cache_ttl_s)
+        srv = GatewayServer(gw, "127.0.0.1", 0)
+        servers.append(srv)
+        return srv.start(), api, auth
+
+    yield start
+    for s in servers:
+        s.stop()
+
+
+AUTH = {"Authorization": "Bearer cir_abc_secret"}
+
+
+def test_gateway_builds_a_v1_proxy_event_with_authorizer_context(served):
+    url, api, auth = served()
+    r = requests.post(url + "/v1/embeddings?a=1&a=2&b=x%20y", data=b'{"input": "hi"}',
+                      headers={**AUTH, "Content-Type": "application/json", "X-Multi": "one"})
+    assert r.status_code == 200 and r.json() == {"ok": True}
+    event, ctx = api.events[0]
+    assert event["resource"] == "/{proxy+}"
+    assert event["path"] == "/v1/embeddings"
+    assert event["httpMethod"] == "POST"
+    assert event["pathParameters"] == {"proxy": "v1/embeddings"}
+    assert event["queryStringParameters"] == {"a": "2", "b": "x y"}
+    assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": ["x y"]}
+    assert event["headers"]["Content-Type"] == "application/json"
+    assert event["multiValueHeaders"]["X-Multi"] == ["one"]
+    assert event["body"] == '{"input": "hi"}' and event["isBase64Encoded"] is False
+    rc = event["requestContext"]
+    assert rc["stage"] == "local" and rc["path"] == "/local/v1/embeddings"
+    assert rc["requestId"] == r.headers["x-amzn-RequestId"]
+    assert rc["identity"]["sourceIp"] == "127.0.0.1"
+    assert rc["authorizer"]["principalId"] == "key-1"
+    assert rc["authorizer"]["key_name"] == "dev" and rc["authorizer"]["admin"] == "false"
+    # The authorizer got a TOKEN event for this method's ARN.
+    token_event = auth.events[0][0]
+    assert token_event == {"type": "TOKEN", "authorizationToken": AUTH["Authorization"],
+                           "methodArn": ARN_PREFIX + "/POST/v1/embeddings"}
+    assert ctx.function_name == "api" and ctx.get_remaining_time_in_millis() > 0
+    assert ctx.aws_request_id and ctx.invoked_function_arn.endswith(":function:api")
+
+
+def test_powertools_rest_resolver_routes_gateway_events(served):
+    app = APIGatewayRestResolver()
+
+    @app.get("/v1/jobs/<job_id>")
+    def get_job(job_id):
+        ev = app.current_event
+        return {"job": job_id, "q": ev.get_query_string_value("x"),
+                "principal": ev.request_context.authorizer.get("principalId")}
+
+    @app.post("/v1/echo")
+    def echo():
+        return Response(201, "text/plain", app.current_event.body)
+
+    url, _, _ = served(api_answer=lambda e, c: app.resolve(e, c))
+    r = requests.get(url + "/v1/jobs/j-42?x=7", headers=AUTH)
+    assert r.status_code == 200
+    assert r.json() == {"job": "j-42", "q": "7", "principal": "key-1"}
+    r = requests.post(url + "/v1/echo", data="héllo ✓".encode(), headers=AUTH)
+    assert r.status_code == 201 and r.content.decode() == "héllo ✓" and r.headers["Content-Type"] == "text/plain"
+    assert requests.get(url + "/nope", headers=AUTH).status_code == 404
+
+
+def test_missing_authorization_is_401_without_calling_the_authorizer(served):
+    url, api, auth = served()
+    r = requests.post(url + "/v1/embeddings", json={"input": "x"})
+    assert r.status_code == 401
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert r.json()["error"]["code"] == "invalid_api_key"
+    assert auth.events == [] and api.events == []
+
+
+def test_authorizer_unauthorized_error_is_401(served):
+    def reject(event, context):
+        raise Exception("Unauthorized")
+
+    url, api, _ = served(authorizer=reject)
+    r = requests.get(url + "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert api.events == []
+
+
+def test_authorizer_deny_policy_is_403(served):
+    url, api, _ = served(authorizer=lambda e, c: allow_all(e, effect="Deny"))
+    r = requests.get(url + "/v1/models", headers=AUTH)
+    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    assert api.events == []
+
+
+def test_allow_for_another_route_only_is_403(served):
+    url, api, _ = served(authorizer=lambda e, c: allow_all(e, resource=ARN_PREFIX + "/GET/v1/models"))
+    assert requests.get(url + "/v1/models", headers=AUTH).status_code == 200
+    assert requests.post(url + "/v1/embeddings", headers=AUTH, json={}).status_code == 403
+    assert len(api.events) == 1
+
+
+def test_authorizer_crash_or_bad_policy_is_500(served):
+    def crash(event, context):
+        raise RuntimeError("table missing")
+
+    url, api, _ = served(authorizer=crash)
+    r = requests.get(url + "/health", headers=AUTH)
+    assert r.status_code == 500 and r.json()["error"]["code"] == "authorizer_error"
+    url2, _, _ = served(authorizer=lambda e, c: {"principalId": "x"})
+    assert requests.get(url2 + "/health", headers=AUTH).status_code == 500
+    assert api.events == []
+
+
+def test_authorizer_cache_reuses_a_policy_per_token_within_ttl(served):
+    url, api, auth = served(cache_ttl_s=60)
+    for path in ("/v1/models", "/health", "/v1/models"):
+        assert requests.get(url + path, headers=AUTH).status_code == 200
+    assert len(auth.events) == 1 and len(api.events) == 3
+    requests.get(url + "/v1/models", headers={"Authorization": "Bearer other"})
+    assert len(auth.events) == 2
+
+
+def test_function_error_is_502_with_openai_style_body(served):
+    def boom(event, context):
+        raise ValueError("bug")
+
+    url, _, _ = served(api_answer=boom)
+    r = requests.get(url + "/v1/models", headers=AUTH)
+    assert r.status_code == 502
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert "bug" not in r.text  # never a stack trace or exception text
+
+
+@pytest.mark.parametrize("answer", [None, "text", {"body": "x"}, {"statusCode": "200"},
+                                    {"statusCode": 200, "body": {"not": "a string"}}])
+def test_malformed_proxy_response_is_502(served, answer):
+    url, _, _ = served(api_answer=lambda e, c: answer)
+    assert requests.get(url + "/x", headers=AUTH).status_code == 502
+
+
+def test_proxy_response_headers_and_base64_body_reach_the_client(served):
+    payload = bytes(range(256))
+    url, _, _ = served(api_answer=lambda e, c: {
+        "statusCode": 206, "multiValueHeaders": {"X-Many": ["a", "b"]},
+        "headers": {"Content-Type": "application/octet-stream"},
+        "body": base64.b64encode(payload).decode(), "isBase64Encoded": True})
+    r = requests.get(url + "/bin", headers=AUTH)
+    assert r.status_code == 206 and r.content == payload
+    assert r.headers["X-Many"] == "a, b"
+    assert r.headers["Content-Type"] == "application/octet-stream"
+
+
+def test_binary_request_body_reaches_the_function_base64_encoded(served):
+    url, api, _ = served()
+    requests.post(url + "/v1/upload", data=b"\xff\xfe\x00binary", headers=AUTH)
+    event = api.events[0][0]
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == b"\xff\xfe\x00binary"
+
+
+def test_body_over_api_gateway_limit_is_413_before_any_function_runs():
+    gw, api, auth = make_gateway()
+    resp = gw.handle(HttpRequest("POST", "/v1/embeddings", list(AUTH.items()), b"x" * (MAX_PAYLOAD_BYTES + 1)))
+    assert resp.status == 413 and json.loads(resp.body)["error"]["code"] == "payload_too_large"
+    assert api.events == [] and auth.events == []
+
+
+def test_port_taken_raises_oserror():
+    gw, _, _ = make_gateway()
+    first = GatewayServer(gw, "127.0.0.1", 0)
+    try:
+        port = int(first.url.rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            GatewayServer(gw, "127.0.0.1", port)
+    finally:
+        first.stop()
+
+
+@pytest.mark.parametrize("resource, allowed", [
+    (ARN_PREFIX + "/*", True), (ARN_PREFIX + "/GET/*", True), (ARN_PREFIX + "/POST/*", False),
+    ("arn:aws:execute-api:us-east-1:123456789012:otherapi/local/*", False),
+    (ARN_PREFIX + "/GET/v1/model?", True), ("*", True),
+])
+def test_policy_resource_wildcards(resource, allowed):
+    policy = allow_all(None, resource=resource)
+    assert evaluate_policy(policy, method_arn("cirruslocal", "local", "GET", "/v1/models")) is allowed
+
+
+def test_explicit_deny_wins_over_allow():
+    policy = allow_all(None)
+    policy["policyDocument"]["Statement"] = [
+        policy["policyDocument"]["Statement"][0],
+        {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": ARN_PREFIX + "/DELETE/*"}]
+    assert evaluate_policy(policy, method_arn("cirruslocal", "local", "GET", "/v1/models"))
+    assert not evaluate_policy(policy, method_arn("cirruslocal", "local", "DELETE", "/v1/jobs/1"))
