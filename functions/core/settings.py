@@ -31,6 +31,7 @@ class Settings(BaseModel):
     heavy_endpoint_name: str | None = None   # empty/None: heavy path disabled in this stage
     heavy_models: list[str] = Field(default_factory=list)
     heavy_inference_component: str | None = None  # set when the endpoint hosts inference components
+    heavy_async_endpoint_name: str | None = None  # SageMaker async endpoint for async jobs (None: none)
     heavy_connect_timeout_s: float = Field(2.0, gt=0)
     heavy_read_timeout_s: float = Field(25.0, gt=0)   # under API Gateway's 29 s, with room to answer
     heavy_max_attempts: int = Field(3, ge=1, le=10)   # per request, on throttling/5xx/connect errors
