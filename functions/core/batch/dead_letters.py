@@ -1,0 +1,54 @@
+"""The dead-letter backstop: a message that reached a DLQ still leaves its job accounted for.
+
+Workers already record a chunk as failed on the message's last delivery; this covers the deliveries
+that never got that far (function timeout, out of memory, a crash before the except clause).
+Everything here is idempotent, so a message already handled by its worker changes nothing.
+"""
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from functions.core.batch import jobs
+from functions.core.batch.finalise import try_finalise
+from functions.core.batch.schema import ChunkMessage, Status
+from functions.core.batch.splitter import objects_in
+from functions.core.batch.worker import record_failed
+from functions.core.observability import logger
+
+
+def handle_dead_letter(body: str, *, message_id: str, receive_count: int) -> None:
+    """Mark the job of a dead chunk or notification message (both kinds share one handler)."""
+    try:
+        msg = ChunkMessage.model_validate_json(body)
+    except ValidationError:
+        msg = None
+    if msg is not None:
+        record_failed(msg, f"chunk message dead-lettered after {receive_count} receives")
+        try_finalise(msg.job_id, token=message_id, takeover=True)
+        return
+    try:
+        refs = objects_in(body)
+    except (ValueError, KeyError, TypeError):
+        # Neither kind: nothing can be marked. Logged (id and size only) for the operator.
+        logger.error("unrecognised dead letter", extra={"message_id": message_id, "bytes": len(body)})
+        return
+    store = jobs.job_store()
+    for ref in refs:
+        stem = ref.key[len(jobs.INPUT_PREFIX):].removesuffix(jobs.INPUT_SUFFIX)
+        candidates = [stem] if jobs.JOB_ID.match(stem) else []
+        candidates.append(jobs.job_id_for(ref.bucket, ref.key, ref.etag))
+        for job_id in candidates:
+            job = store.get(job_id)
+            if job is not None and job.get("input_etag") in (ref.etag, None):
+                if job["status"] in (Status.AWAITING_UPLOAD.value, Status.SPLITTING.value):
+                    jobs.fail_job(store, job_id, "split_failed", "the input file could not be split "
+                                                                 f"(event dead-lettered after {receive_count} receives)")
+                break
+        else:
+            # The splitter died before creating a record: create it failed, so the file is not lost.
+            job_id = candidates[-1]
+            record = store.new_job(job_id, status=Status.FAILED.value, input_bucket=ref.bucket,
+                                   input_key=ref.key, input_etag=ref.etag, input_bytes=ref.size,
+                                   error={"code": "split_failed", "message": "the input file could not be split "
+                                          f"(event dead-lettered after {receive_count} receives)"})
+            store.create(record)

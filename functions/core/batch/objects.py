@@ -1,0 +1,170 @@
+"""S3 operations of the batch pipeline: streamed line reads, write-once chunk objects, streamed outputs.
+
+Built on the container's S3 client (functions/core/adapters/base.py); whole-object helpers live in
+functions/core/adapters/s3.py and are not repeated here.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from functions.core.adapters.base import client, error_code
+
+READ_BLOCK = 1024 * 1024
+PART_BYTES = 8 * 1024 * 1024   # S3 multipart parts must be >= 5 MiB (all but the last)
+
+
+class ObjectChanged(RuntimeError):
+    """The input object is gone or no longer the one the job was split from (ETag mismatch)."""
+
+
+def quoted(etag: str) -> str:
+    # S3 event notifications carry the ETag unquoted; HTTP If-Match wants the quoted form.
+    return etag if etag.startswith('"') else f'"{etag}"'
+
+
+def read_blocks(bucket: str, key: str, *, etag: str, start: int = 0, end: int | None = None,
+                block: int = READ_BLOCK) -> Iterator[bytes]:
+    """Stream bytes [start, end) of the object, refusing any version other than ``etag``."""
+    kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key, "IfMatch": quoted(etag)}
+    if start or end is not None:
+        kwargs["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
+    try:
+        body = client("s3").get_object(**kwargs)["Body"]
+    except ClientError as exc:
+        if error_code(exc) in ("PreconditionFailed", "NoSuchKey", "404"):
+            raise ObjectChanged(f"input object changed or deleted ({error_code(exc)})") from exc
+        raise
+    try:
+        yield from body.iter_chunks(block)
+    finally:
+        body.close()
+
+
+def iter_lines(blocks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[bytes | None, int]]:
+    """Split a byte stream into lines: (content, bytes consumed incl. the newline).
+
+    Content has no "\\n" and no trailing "\\r"; it is None when the line is longer than
+    ``max_line_bytes`` (never buffered, so one huge line cannot exhaust memory). A final line
+    without a newline is still a line; a trailing newline does not start an empty one.
+    """
+    pending: list[bytes] = []
+    pending_len = 0
+    overflow = False
+    for chunk in blocks:
+        pos = 0
+        while True:
+            nl = chunk.find(b"\n", pos)
+            if nl < 0:
+                rest = chunk[pos:]
+                pending_len += len(rest)
+                if not overflow:
+                    if pending_len > max_line_bytes:
+                        overflow, pending = True, []
+                    elif rest:
+                        pending.append(rest)
+                break
+            piece = chunk[pos:nl]
+            size = pending_len + len(piece)
+            yield _finish(pending, piece, size, overflow, max_line_bytes), size + 1
+            pending, pending_len, overflow = [], 0, False
+            pos = nl + 1
+    if pending_len:
+        yield _finish(pending, b"", pending_len, overflow, max_line_bytes), pending_len
+
+
+def _finish(pending: list[bytes], piece: bytes, size: int, overflow: bool, limit: int) -> bytes | None:
+    if overflow or size > limit:
+        return None
+    line = b"".join(pending) + piece if pending else piece
+    return line[:-1] if line.endswith(b"\r") else line
+
+
+def put_if_absent(bucket: str, key: str, body: bytes, *, content_type: str = "application/x-ndjson") -> bool:
+    """Write-once: True if written, False if the key already existed (a retry's earlier write)."""
+    try:
+        client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
+                                IfNoneMatch="*")
+        return True
+    except ClientError as exc:
+        # 409 ConditionalRequestConflict: a concurrent writer of the same key is mid-upload.
+        if error_code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise
+
+
+class StreamWriter:
+    """Write one object from many pieces without holding it in memory (multipart past 8 MiB)."""
+
+    def __init__(self, bucket: str, key: str, *, content_type: str = "application/x-ndjson") -> None:
+        self.bucket, self.key, self.content_type = bucket, key, content_type
+        self.bytes = 0
+        self._buf: list[bytes] = []
+        self._buf_len = 0
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> None:
+        if not data:
+            return
+        self._buf.append(data)
+        self._buf_len += len(data)
+        self.bytes += len(data)
+        if self._buf_len >= PART_BYTES:
+            self._flush_part()
+
+    def _flush_part(self) -> None:
+        s3 = client("s3")
+        if self._upload_id is None:
+            self._upload_id = s3.create_multipart_upload(Bucket=self.bucket, Key=self.key,
+                                                         ContentType=self.content_type)["UploadId"]
+        number = len(self._parts) + 1
+        resp = s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                              PartNumber=number, Body=b"".join(self._buf))
+        self._parts.append({"PartNumber": number, "ETag": resp["ETag"]})
+        self._buf, self._buf_len = [], 0
+
+    def close(self) -> None:
+        s3 = client("s3")
+        if self._upload_id is None:
+            s3.put_object(Bucket=self.bucket, Key=self.key, Body=b"".join(self._buf),
+                          ContentType=self.content_type)
+            return
+        if self._buf_len:
+            self._flush_part()
+        s3.complete_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
+                                     MultipartUpload={"Parts": self._parts})
+
+    def abort(self) -> None:
+        if self._upload_id is not None:
+            client("s3").abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id)
+
+    def __enter__(self) -> "StreamWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def copy_into(writer: StreamWriter, bucket: str, key: str) -> None:
+    """Append a whole object to ``writer``, streamed."""
+    body = client("s3").get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        for block in body.iter_chunks(READ_BLOCK):
+            writer.write(block)
+    finally:
+        body.close()
+
+
+def presigned_url(method: str, bucket: str, key: str, *, expires_s: int, content_type: str | None = None) -> str:
+    """A presigned GET (results) or PUT (input upload) URL; signing makes no network call."""
+    params: dict[str, Any] = {"Bucket": bucket, "Key": key}
+    if content_type:
+        params["ContentType"] = content_type
+    op = {"GET": "get_object", "PUT": "put_object"}[method]
+    return client("s3").generate_presigned_url(op, Params=params, ExpiresIn=expires_s)

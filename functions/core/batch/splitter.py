@@ -1,0 +1,192 @@
+"""The splitter: an S3 ObjectCreated notification becomes one job record and its chunk messages.
+
+One pass over the file finds line boundaries (for chunk byte ranges and line numbers), the optional
+header and the file-level limits; nothing is sent until the whole file passed, so a rejected file
+never produces partial work. Duplicate events are recognised by the job id (bucket + key + ETag)
+and the SQS message that claimed the job, so only the claimer's own retry resumes a half-done split.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote_plus
+
+from functions.core.adapters import sqs
+from functions.core.batch import jobs
+from functions.core.batch.objects import ObjectChanged, iter_lines, read_blocks
+from functions.core.batch.schema import MANIFEST_TASK, TASK_FOR_MANIFEST, ChunkMessage, Defaults, Status, parse_header
+from functions.core.batch.store import JobStore
+from functions.core.model_store import store as model_store
+from functions.core.observability import logger, metrics
+from functions.core.settings import Settings, get_settings
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    bucket: str
+    key: str
+    size: int
+    etag: str
+
+
+class JobRejected(Exception):
+    """The file cannot become a job; ``code``/``message`` go into the job record."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def objects_in(body: str) -> list[ObjectRef]:
+    """The created objects named by an S3 notification (an SQS message body); test events name none."""
+    event = json.loads(body)
+    refs = []
+    for rec in event.get("Records", []):
+        if not str(rec.get("eventName", "")).startswith("ObjectCreated"):
+            continue
+        s3 = rec["s3"]
+        # Keys arrive URL-encoded (spaces as '+') in S3 notifications.
+        refs.append(ObjectRef(s3["bucket"]["name"], unquote_plus(s3["object"]["key"]),
+                              int(s3["object"].get("size", 0)), s3["object"].get("eTag", "")))
+    return refs
+
+
+def handle_notification(body: str, *, message_id: str, receive_count: int) -> None:
+    """Start (or resume) a job for every object in one notification message."""
+    settings = get_settings()
+    store = jobs.job_store(settings)
+    for ref in objects_in(body):
+        job_id = None
+        try:
+            job_id = claim(ref, store, token=message_id)
+            if job_id is not None:
+                split(job_id, ref, store, settings, token=message_id)
+        except Exception:
+            if job_id is not None and receive_count >= settings.max_receive_count:
+                # Last delivery: the message goes to the DLQ next, the job must not stay "splitting".
+                jobs.fail_job(store, job_id, "split_failed",
+                              f"the input could not be split after {receive_count} attempts")
+            raise
+
+
+def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
+    """The id of the job this message should split, or None when another message owns it (duplicate)."""
+    if not ref.key.startswith(jobs.INPUT_PREFIX) or ref.key.endswith("/"):
+        logger.warning("notification outside jobs/input/ ignored", extra={"key_bytes": len(ref.key)})
+        return None
+    stem = ref.key[len(jobs.INPUT_PREFIX):].removesuffix(jobs.INPUT_SUFFIX)
+    if jobs.JOB_ID.match(stem):
+        # Upload for a job made by POST /v1/jobs: take over its waiting record (once).
+        taken = store.update(stem, {"status": Status.SPLITTING.value, "input_etag": ref.etag,
+                                    "input_bytes": ref.size, "split_by": token},
+                             condition="#status = :w", values={":w": Status.AWAITING_UPLOAD.value})
+        if taken is not None:
+            return stem
+        existing = store.get(stem)
+        if existing is not None and existing.get("input_etag") == ref.etag:
+            return _resume_or_skip(existing, token)
+        # No such API job, or other bytes re-uploaded over a started one: a new job of its own.
+    job_id = jobs.job_id_for(ref.bucket, ref.key, ref.etag)
+    record = store.new_job(job_id, status=Status.SPLITTING.value, input_bucket=ref.bucket, input_key=ref.key,
+                           input_etag=ref.etag, input_bytes=ref.size, split_by=token,
+                           chunks_done=0, chunks_failed=0, lines_ok=0, lines_failed=0)
+    if store.create(record):
+        logger.info("batch job created", extra={"job_id": job_id, "bytes": ref.size})
+        return job_id
+    existing = store.get(job_id)
+    return _resume_or_skip(existing, token) if existing else None
+
+
+def _resume_or_skip(job: dict[str, Any], token: str) -> str | None:
+    if job.get("split_by") == token and job["status"] in (Status.SPLITTING.value, Status.RUNNING.value):
+        logger.info("resuming split after a retry", extra={"job_id": job["id"]})
+        return job["id"]
+    logger.info("duplicate notification ignored", extra={"job_id": job["id"], "status": job["status"]})
+    metrics.add_metric(name="BatchDuplicateEvents", unit="Count", value=1)
+    return None
+
+
+def split(job_id: str, ref: ObjectRef, store: JobStore, settings: Settings, *, token: str) -> None:
+    job = store.get(job_id) or {}
+    try:
+        chunks, lines, defaults = plan(ref, settings, Defaults(model=job.get("model"), task=job.get("task")))
+        model, task = resolve_defaults(defaults, settings)
+    except JobRejected as exc:
+        jobs.fail_job(store, job_id, exc.code, exc.message)
+        return
+    messages = [ChunkMessage(job_id=job_id, chunk=i, bucket=ref.bucket, key=ref.key, etag=ref.etag,
+                             start=start, end=end, first_line=first, lines=n, model=model, task=task)
+                for i, (start, end, first, n) in enumerate(chunks)]
+    # chunks_total is set before any message leaves, so the last worker can always see it is last.
+    running = store.update(job_id, {"status": Status.RUNNING.value, "chunks_total": len(messages),
+                                    "lines_total": lines, "model": model, "task": task},
+                           condition="#status = :split OR (#status = :run AND split_by = :tok)",
+                           values={":split": Status.SPLITTING.value, ":run": Status.RUNNING.value,
+                                   ":tok": token})
+    if running is None:
+        return
+    sqs.send_messages(jobs.require(settings.work_queue_url, "work_queue_url"),
+                      [m.model_dump_json() for m in messages])
+    logger.info("batch job split", extra={"job_id": job_id, "lines": lines, "chunks": len(messages)})
+    metrics.add_metric(name="BatchJobsStarted", unit="Count", value=1)
+
+
+def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[tuple[int, int, int, int]], int, Defaults]:
+    """Chunks as (start byte, end byte, first line, line count), the input line count, the defaults."""
+    if not ref.key.endswith(jobs.INPUT_SUFFIX):
+        raise JobRejected("unsupported_file", f"input files must be JSON Lines named *{jobs.INPUT_SUFFIX}")
+    if ref.size > settings.batch_max_file_bytes:
+        raise JobRejected("file_too_large",
+                          f"file has {ref.size} bytes, the limit is {settings.batch_max_file_bytes}")
+    chunks: list[tuple[int, int, int, int]] = []
+    offset = line_no = inputs = 0
+    start = first = count = 0
+    try:
+        for content, size in iter_lines(read_blocks(ref.bucket, ref.key, etag=ref.etag),
+                                        settings.batch_max_line_bytes):
+            line_no += 1
+            if line_no == 1 and content is not None:
+                try:
+                    header = parse_header(content)
+                except ValueError as exc:
+                    raise JobRejected("invalid_header", f"line 1: {exc}") from None
+                if header is not None:
+                    defaults = Defaults(model=header.model or defaults.model, task=header.task or defaults.task)
+                    offset += size
+                    continue
+            inputs += 1
+            if inputs > settings.batch_max_lines:
+                raise JobRejected("too_many_lines", f"file has more than {settings.batch_max_lines} input lines")
+            if count == 0:
+                start, first = offset, line_no
+            count += 1
+            offset += size
+            if count >= settings.batch_chunk_lines or offset - start >= settings.batch_chunk_bytes:
+                chunks.append((start, offset, first, count))
+                count = 0
+    except ObjectChanged as exc:
+        raise JobRejected("input_changed", f"the input file changed or was deleted while splitting: {exc}") from None
+    if count:
+        chunks.append((start, offset, first, count))
+    if inputs == 0:
+        raise JobRejected("empty_file", "the file has no input lines")
+    return chunks, inputs, defaults
+
+
+def resolve_defaults(defaults: Defaults, settings: Settings) -> tuple[str, str | None]:
+    """The file's default model (checked to exist) and task (checked to match the model)."""
+    name = defaults.model or settings.default_embedding_model
+    info = model_store().describe(name)
+    if info.manifest is None:
+        if info.error == "model_not_found":
+            raise JobRejected("model_not_found", f"the model '{name}' does not exist")
+        # Registry trouble is not the file's fault: leave the per-line check to the workers.
+        return name, defaults.task
+    own = TASK_FOR_MANIFEST.get(info.manifest.task)
+    if own is None:
+        raise JobRejected("unsupported_task", f"model '{name}' is a {info.manifest.task} model; "
+                                              f"batch jobs run embed or classify")
+    if defaults.task is not None and MANIFEST_TASK[defaults.task] != info.manifest.task:
+        raise JobRejected("model_task_mismatch", f"model '{name}' cannot {defaults.task}")
+    return name, defaults.task or own

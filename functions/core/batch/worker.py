@@ -1,0 +1,187 @@
+"""The worker: one chunk message -> its lines validated, inferred in batches, written once, counted once.
+
+Crash safety, in order: chunk outputs go to deterministic keys with write-once puts; the chunk is
+then recorded and counted into the job in one DynamoDB transaction that succeeds at most once; a
+message whose chunk is already recorded only re-tries finalisation. So a worker killed at any point
+and retried produces no duplicate lines and no double counts.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from functions.core.batch import jobs
+from functions.core.batch.finalise import try_finalise
+from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
+from functions.core.batch.schema import (MANIFEST_TASK, TASK_FOR_MANIFEST, ChunkMessage, LineError, LineInput,
+                                         Status, parse_line, too_long)
+from functions.core.errors import ModelNotFound
+from functions.core.model_store import get_model
+from functions.core.observability import logger, metrics
+from functions.core.settings import Settings, get_settings
+
+
+@dataclass
+class ChunkOutput:
+    results: list[str] = field(default_factory=list)   # JSON lines, input order
+    errors: list[str] = field(default_factory=list)
+    models: set[str] = field(default_factory=set)      # "name@version" actually used
+
+
+def process_message(body: str, *, message_id: str, receive_count: int) -> None:
+    """Handle one Work-queue message. Raises to have SQS retry it (and finally dead-letter it)."""
+    settings = get_settings()
+    msg = ChunkMessage.model_validate_json(body)  # malformed: nothing to mark, let it reach the DLQ
+    store = jobs.job_store(settings)
+    if store.get_chunk(msg.job_id, msg.chunk) is None:
+        job = store.get(msg.job_id)
+        if job is None:
+            raise RuntimeError(f"chunk message for unknown job {msg.job_id}")
+        if job["status"] != Status.RUNNING.value:
+            logger.info("chunk skipped: job not running", extra={"job_id": msg.job_id, "chunk": msg.chunk,
+                                                                 "status": job["status"]})
+            return
+        try:
+            run_and_record(msg, settings)
+        except ObjectChanged as exc:
+            # Permanent: retrying cannot bring the original bytes back.
+            record_failed(msg, f"input file changed or deleted during the job ({exc})")
+        except Exception as exc:
+            if receive_count >= settings.max_receive_count:
+                # Last delivery: account for the chunk's lines before the message goes to the DLQ.
+                record_failed(msg, f"chunk failed after {receive_count} attempts ({exc.__class__.__name__})")
+                _finalise_quietly(msg.job_id, message_id)
+            raise
+    try_finalise(msg.job_id, token=message_id)
+
+
+def _finalise_quietly(job_id: str, token: str) -> None:
+    try:
+        try_finalise(job_id, token=token)
+    except Exception:  # the DLQ backstop finalises; the original error is what gets re-raised
+        logger.exception("finalisation after a failed chunk did not complete", extra={"job_id": job_id})
+
+
+def run_and_record(msg: ChunkMessage, settings: Settings) -> None:
+    started = time.perf_counter()
+    out = run_chunk(msg, settings)
+    bucket = msg.bucket
+    # Write-once: after a crash the retry finds the earlier (identical) objects and keeps them.
+    if out.results:
+        put_if_absent(bucket, jobs.work_key(msg.job_id, msg.chunk, "results"), _join(out.results))
+    if out.errors:
+        put_if_absent(bucket, jobs.work_key(msg.job_id, msg.chunk, "errors"), _join(out.errors))
+    counted = jobs.job_store(settings).complete_chunk(
+        msg.job_id, msg.chunk, {"first_line": msg.first_line, "lines": msg.lines, "models": sorted(out.models)},
+        ok=len(out.results), errors=len(out.errors), failed=False)
+    seconds = time.perf_counter() - started
+    logger.info("chunk done", extra={"job_id": msg.job_id, "chunk": msg.chunk, "lines": msg.lines,
+                                     "ok": len(out.results), "errors": len(out.errors), "counted": counted,
+                                     "ms": round(seconds * 1000, 1)})
+    metrics.add_metric(name="BatchLines", unit="Count", value=msg.lines)
+
+
+def record_failed(msg: ChunkMessage, reason: str) -> None:
+    """Count every line of the chunk as an error (the finaliser writes one error line for each)."""
+    counted = jobs.job_store().complete_chunk(
+        msg.job_id, msg.chunk, {"first_line": msg.first_line, "lines": msg.lines, "reason": reason},
+        ok=0, errors=msg.lines, failed=True)
+    if counted:
+        logger.error("chunk failed", extra={"job_id": msg.job_id, "chunk": msg.chunk, "reason": reason})
+        metrics.add_metric(name="BatchChunksFailed", unit="Count", value=1)
+
+
+def _join(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def run_chunk(msg: ChunkMessage, settings: Settings) -> ChunkOutput:
+    """Results and error lines of the chunk, both in line order."""
+    parsed: list[LineInput | LineError] = []
+    line_no = msg.first_line
+    blocks = read_blocks(msg.bucket, msg.key, etag=msg.etag, start=msg.start, end=msg.end)
+    for content, size in iter_lines(blocks, settings.batch_max_line_bytes):
+        if content is None:
+            parsed.append(too_long(line_no, size - 1, settings.batch_max_line_bytes))
+        else:
+            parsed.append(parse_line(line_no, content, model=msg.model, task=msg.task,
+                                     max_chars=settings.max_chars))
+        line_no += 1
+    if len(parsed) != msg.lines:
+        raise RuntimeError(f"chunk {msg.chunk} of {msg.job_id}: read {len(parsed)} lines, expected {msg.lines}")
+
+    outcome: list[str | LineError | None] = [p if isinstance(p, LineError) else None for p in parsed]
+    groups: dict[tuple[str, str | None], list[int]] = defaultdict(list)
+    for i, p in enumerate(parsed):
+        if isinstance(p, LineInput):
+            groups[(p.model, p.task)].append(i)
+    out = ChunkOutput()
+    for (model_name, task), idx in groups.items():
+        _infer_group(model_name, task, [parsed[i] for i in idx], idx, outcome, out, settings)  # type: ignore[misc]
+    for item in outcome:
+        if isinstance(item, LineError):
+            out.errors.append(item.json())
+        else:
+            assert item is not None, "every line has a result or an error"
+            out.results.append(item)
+    return out
+
+
+def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx: list[int],
+                 outcome: list, out: ChunkOutput, settings: Settings) -> None:
+    def fail_all(code: str, message: str) -> None:
+        for i, item in zip(idx, items):
+            outcome[i] = LineError(item.line, code, message, item.id)
+
+    try:
+        model = get_model(model_name)  # ModelUnavailable/BundleError propagate: transient, retried
+    except ModelNotFound:
+        return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
+    own = TASK_FOR_MANIFEST.get(model.manifest.task)
+    if own is None or (task is not None and MANIFEST_TASK[task] != model.manifest.task):
+        return fail_all("model_task_mismatch",
+                        f"model '{model_name}' is a {model.manifest.task} model, it cannot {task or 'embed'}")
+    task = task or own
+    texts = [item.text for item in items]
+    keep = list(range(len(items)))
+    if settings.token_overflow == "reject":
+        keep = _within_context(model, texts, items, idx, outcome)
+        if not keep:
+            return
+    texts = [texts[k] for k in keep]
+    out.models.add(f"{model.name}@{model.version}")
+    if task == "embed":
+        vectors, _ = model.embed(texts)
+        for k, vec in zip(keep, vectors):
+            outcome[idx[k]] = _result(items[k], model_name, embedding=vec.tolist())
+    else:
+        probs, _ = model.classify(texts)
+        labels = model.manifest.labels
+        for k, row in zip(keep, probs):
+            order = np.argsort(-row, kind="stable")
+            scores = [{"label": labels[j], "score": float(row[j])} for j in order]
+            outcome[idx[k]] = _result(items[k], model_name, label=scores[0]["label"], score=scores[0]["score"],
+                                      scores=scores)
+
+
+def _within_context(model, texts: list[str], items: list[LineInput], idx: list[int], outcome: list) -> list[int]:
+    """Positions of texts that fit the model's context; the others become error lines (overflow=reject)."""
+    encoded = model.tokenize(texts, overflow="truncate")
+    keep = []
+    for k, enc in enumerate(encoded.encodings):
+        if enc.overflowing:
+            outcome[idx[k]] = LineError(items[k].line, "context_length_exceeded",
+                                        f"input is longer than the model's limit of {model.manifest.max_length} "
+                                        f"tokens", items[k].id)
+        else:
+            keep.append(k)
+    return keep
+
+
+def _result(item: LineInput, model: str, **fields) -> str:
+    return json.dumps({"line": item.line, "id": item.id, "model": model, **fields}, separators=(",", ":"))
+
