@@ -122,4 +122,4 @@ def health() -> Response:
 
 # --- routes owned by other parts: one line each ---------------------------------------------------
 # from functions.core.jobs_api import router as jobs_router; app.include_router(jobs_router)
-# from functions.core.heavy_api import router as heavy_router; app.include_router(heavy_router)
+from functions.core.generation.routes import router as generation_router; app.include_router(generation_router)  # noqa: E402,E702

@@ -25,6 +25,7 @@ from functions.core.errors import BundleError, ModelNotFound
 from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
 from functions.core.observability import logger, metrics
 from functions.core.runtime import OnnxModel
+from functions.core.generation.onnx_generator import OnnxGenerator
 from functions.core.settings import Settings, get_settings
 
 MODELS_PREFIX = "models/"  # same as infra.resources.RESOURCES.models_prefix (functions cannot import infra)
@@ -89,8 +90,11 @@ class ModelStore:
         try:
             bundle_dir, manifest, source = (self._local_bundle(name) if self.settings.model_dir
                                             else self._s3_bundle(name))
-            model = OnnxModel(bundle_dir, manifest, intra_op_threads=self.settings.intra_op_threads,
-                              batch_size=self.settings.batch_size)
+            if manifest.task == "text-generation":  # a KV-cache loop, not a single forward pass
+                model = OnnxGenerator(bundle_dir, manifest, intra_op_threads=self.settings.intra_op_threads)
+            else:
+                model = OnnxModel(bundle_dir, manifest, intra_op_threads=self.settings.intra_op_threads,
+                                  batch_size=self.settings.batch_size)
         except BundleError as exc:
             logger.error("bundle refused", extra={"model": name, "reason": exc.message})
             raise

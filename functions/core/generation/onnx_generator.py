@@ -71,7 +71,7 @@ def sample_next(logits: np.ndarray, params: SamplingParams, rng: np.random.Gener
 
 
 class OnnxGenerator:
-    """A loaded text-generation bundle. One generation at a time per instance (the session is shared)."""
+    """A loaded text-generation bundle; concurrent generations are safe (all loop state is local)."""
 
     def __init__(self, bundle_dir: Path, manifest: Manifest | None = None, *, model_file: str = "model.onnx",
                  intra_op_threads: int = 0) -> None:
@@ -87,7 +87,8 @@ class OnnxGenerator:
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = intra_op_threads or cpu_count()
+        self.threads = intra_op_threads or cpu_count()
+        opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
@@ -108,6 +109,14 @@ class OnnxGenerator:
         self._use_positions = self.spec.uses_position_ids and "position_ids" in inputs
         self._cache_dtype = np.float16 if inputs[self._past[0]].type == "tensor(float16)" else np.float32
         self._outputs = [self.manifest.output_name, *self._present]
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
 
     # --- text <-> ids ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
