@@ -1,0 +1,232 @@
+"""Shared helpers and fixtures for the light-path tests (API, runtime, model store, auth).
+
+Events are the real API Gateway REST proxy events in tests/events/; AWS is moto's in-process
+``mock_aws``; models are the real default bundles from the session fixture ``bundles_dir``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import boto3
+import numpy as np
+import onnxruntime as ort
+import pytest
+from moto import mock_aws
+from tokenizers import Tokenizer
+
+from functions.core import auth, model_store
+from functions.core.adapters.base import reset_clients
+from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file
+from functions.core.model_store import ModelStore
+from functions.core.settings import Settings, get_settings
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+EMBEDDER = "all-minilm-l6-v2"
+CLASSIFIER = "cirrus-intent-minilm"
+REGION = "us-east-1"
+
+
+class FakeContext:
+    """The attributes of a Lambda context that Powertools reads."""
+
+    function_name = "cirrus-api"
+    function_version = "$LATEST"
+    memory_limit_in_mb = 2048
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cirrus-api"
+    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+    log_group_name = "/aws/lambda/cirrus-api"
+    log_stream_name = "2026/11/28/[$LATEST]abcdef"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 30_000
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def api_event(method: str, path: str, body: Any = None, *, raw: str | None = None) -> dict[str, Any]:
+    """A REST proxy event (from the embeddings fixture) for another method/path/body."""
+    event = copy.deepcopy(load_event("embeddings_post.json"))
+    event["httpMethod"] = event["requestContext"]["httpMethod"] = method
+    event["path"] = path
+    event["requestContext"]["path"] = f"/{event['requestContext']['stage']}{path}"
+    event["pathParameters"] = {"proxy": path.lstrip("/")}
+    event["body"] = raw if raw is not None else (None if body is None else json.dumps(body))
+    return event
+
+
+def call_api(event: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
+    from functions.handlers.api import handler
+
+    resp = handler(event, FakeContext())
+    body = json.loads(resp["body"]) if resp.get("body") else None
+    headers = {**(resp.get("headers") or {}),
+               **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
+    return resp["statusCode"], body, headers
+
+
+def assert_error(status: int, body: Any, expected_status: int, code: str | None = None) -> dict:
+    """The OpenAI error shape, with no trace of Python internals."""
+    assert status == expected_status, body
+    err = body["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert "Traceback" not in err["message"] and ".py" not in err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+def direct_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
+    """The bundle's own ONNX output, one text at a time (no padding), pooled as the manifest says.
+
+    Written independently of functions.core.runtime so the handler is checked against it.
+    """
+    manifest = Manifest.read(bundle_dir)
+    tok = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(manifest.max_length)
+    sess = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    out = []
+    for text in texts:
+        ids = np.array([tok.encode(text).ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        h = sess.run([manifest.output_name], feeds)[0][0]
+        if h.ndim == 1:
+            v = h
+        elif manifest.pooling == "mean":
+            v = h.mean(axis=0)
+        elif manifest.pooling == "cls":
+            v = h[0]
+        elif manifest.pooling == "max":
+            v = h.max(axis=0)
+        else:
+            raise AssertionError(f"unexpected pooling {manifest.pooling}")
+        if manifest.normalize:
+            v = v / np.linalg.norm(v)
+        out.append(v.astype(np.float32))
+    return np.stack(out)
+
+
+def direct_probabilities(bundle_dir: Path, texts: list[str]) -> np.ndarray:
+    manifest = Manifest.read(bundle_dir)
+    tok = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
+    tok.no_padding()
+    tok.enable_truncation(manifest.max_length)
+    sess = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = {i.name for i in sess.get_inputs()}
+    out = []
+    for text in texts:
+        ids = np.array([tok.encode(text).ids], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if "token_type_ids" in names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        logits = sess.run([manifest.output_name], feeds)[0][0].astype(np.float64)
+        e = np.exp(logits - logits.max())
+        out.append(e / e.sum())
+    return np.stack(out)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+# --------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="session")
+def local_store(bundles_dir: Path) -> ModelStore:
+    """One store over the local bundles for the whole session: each model is loaded once."""
+    return ModelStore(Settings(model_dir=str(bundles_dir)))
+
+
+def _reset_all() -> None:
+    get_settings.cache_clear()
+    model_store.reset()
+    auth.reset()
+    reset_clients()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch):
+    """Set CIRRUS_* variables for one test; settings, stores and clients are rebuilt around it."""
+    for var in [k for k in __import__("os").environ if k.startswith("CIRRUS_")]:
+        monkeypatch.delenv(var)
+    _reset_all()
+
+    def set_env(**values: Any) -> Settings:
+        for k, v in values.items():
+            monkeypatch.setenv(f"CIRRUS_{k.upper()}", ",".join(v) if isinstance(v, list) else str(v))
+        get_settings.cache_clear()
+        return get_settings()
+
+    yield set_env
+    _reset_all()
+
+
+@pytest.fixture
+def light_api(env, local_store: ModelStore, bundles_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """The API over the local bundles, with the session's already-loaded models."""
+    env(model_dir=str(bundles_dir))
+    monkeypatch.setattr(model_store, "_store", local_store)
+    return local_store
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch):
+    """moto in-process for S3, DynamoDB and KMS, with fake credentials and fresh clients."""
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
+                 "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    reset_clients()
+    with mock_aws():
+        yield
+    reset_clients()
+
+
+def kms_key() -> str:
+    return boto3.client("kms", region_name=REGION).create_key(Description="cirrus")["KeyMetadata"]["Arn"]
+
+
+def artifacts_bucket(name: str = "cirrus-artifacts") -> str:
+    """A bucket with SSE-KMS default encryption, as the stack creates it."""
+    s3 = boto3.client("s3", region_name=REGION)
+    s3.create_bucket(Bucket=name)
+    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [{
+        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key()}}]})
+    return name
+
+
+def publish(bucket: str, bundle_dir: Path, *, version: str | None = None,
+            replace: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """Upload a bundle under models/<name>/<version>/ and move the registry pointer to it.
+
+    ``replace`` swaps a file's bytes after the manifest was written (a corrupted upload).
+    """
+    s3 = boto3.client("s3", region_name=REGION)
+    manifest = Manifest.read(bundle_dir)
+    version = version or manifest.version
+    for rel in [*manifest.files, MANIFEST_NAME]:
+        data = (replace or {}).get(rel) or (bundle_dir / rel).read_bytes()
+        s3.put_object(Bucket=bucket, Key=f"models/{manifest.name}/{version}/{rel}", Body=data)
+    pointer = {"name": manifest.name, "version": version,
+               "manifest_sha256": sha256_file(bundle_dir / MANIFEST_NAME),
+               "updated_at": manifest.created_at, "history": []}
+    s3.put_object(Bucket=bucket, Key=f"models/{manifest.name}/current.json", Body=json.dumps(pointer).encode())
+    return pointer
+
+
+def keys_table(name: str = "cirrus-api-keys") -> str:
+    """The API keys table, KMS-encrypted with a customer key, as the stack creates it."""
+    ddb = boto3.client("dynamodb", region_name=REGION)
+    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
+                     AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
+                     KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
+                     SSESpecification={"Enabled": True, "SSEType": "KMS", "KMSMasterKeyId": kms_key()})
+    return name
