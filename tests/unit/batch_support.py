@@ -1,0 +1,123 @@
+"""Shared fixtures for the batch-job tests: the stores on moto ``mock_aws`` and a queue drainer.
+
+The stores come from the same description the stack deploys (local.aws.provision over
+infra.resources), S3 delivers ObjectCreated notifications to the JobEvents queue itself (moto does
+that), and ``Pipeline.drain`` plays Lambda's SQS event source: receive, invoke the real handler
+with the real event shape, delete what the handler did not report as failed.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import boto3
+import pytest
+
+from functions.core import model_store
+from functions.core.batch import jobs
+from functions.handlers import batch_dlq, batch_splitter, batch_worker
+from light_support import REGION, FakeContext, aws, env, local_store  # noqa: F401  (fixtures)
+from local.aws import QueueInfo, provision
+from local.config import LocalConfig
+from local.pollers import failed_ids, sqs_record
+
+EMBEDDER = "all-minilm-l6-v2"
+CLASSIFIER = "cirrus-intent-minilm"
+
+
+@dataclass
+class Pipeline:
+    bucket: str
+    table: str
+    events: QueueInfo
+    work: QueueInfo
+
+    def __post_init__(self) -> None:
+        self.s3 = boto3.client("s3", region_name=REGION)
+        self.sqs = boto3.client("sqs", region_name=REGION)
+        self.ddb = boto3.client("dynamodb", region_name=REGION)
+        self.purge_test_events()
+
+    def purge_test_events(self) -> None:
+        # S3 sends an s3:TestEvent when the notification is configured; the splitter ignores it.
+        self.sqs.purge_queue(QueueUrl=self.events.url)
+
+    # --- inputs ---------------------------------------------------------------------------------
+    def upload(self, name: str, data: bytes | list[Any]) -> str:
+        if isinstance(data, list):
+            data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in data).encode()
+        key = f"{jobs.INPUT_PREFIX}{name}"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return key
+
+    def job_for(self, key: str) -> dict[str, Any]:
+        etag = self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
+        job = jobs.job_store().get(jobs.job_id_for(self.bucket, key, etag))
+        assert job is not None, f"no job for {key}"
+        return job
+
+    def output(self, job: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+        body = self.s3.get_object(Bucket=self.bucket, Key=job[f"{kind}_key"])["Body"].read().decode()
+        return [json.loads(line) for line in body.splitlines()]
+
+    # --- queues ---------------------------------------------------------------------------------
+    def receive(self, queue_url: str, n: int = 10) -> list[dict[str, Any]]:
+        return self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=n,
+                                        AttributeNames=["All"]).get("Messages", [])
+
+    def deliver(self, queue: QueueInfo, handler: Callable, messages: list[dict[str, Any]]) -> set[str]:
+        """Invoke ``handler`` with one SQS event; delete the successes as Lambda does. Failed ids back."""
+        records = [sqs_record(m, queue.arn) for m in messages]
+        try:
+            result = handler({"Records": records}, FakeContext())
+        except Exception:
+            result = "raised"  # the whole batch failed (Powertools raises when every record fails)
+        failed = failed_ids(result, records)
+        for m in messages:
+            if m["MessageId"] not in failed:
+                self.sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=m["ReceiptHandle"])
+        return failed
+
+    def step(self, batch: int = 10) -> int:
+        """One poll of each queue (splitter first). Returns how many messages were received."""
+        seen = 0
+        for queue, handler in ((self.events, batch_splitter.handler), (self.work, batch_worker.handler)):
+            messages = self.receive(queue.url, batch)
+            if messages:
+                seen += len(messages)
+                self.deliver(queue, handler, messages)
+        return seen
+
+    def drain(self, max_rounds: int = 200, batch: int = 10) -> None:
+        for _ in range(max_rounds):
+            if not self.step(batch):
+                return
+        raise AssertionError("queues did not drain")
+
+    def dead_letters(self, queue: QueueInfo) -> list[dict[str, Any]]:
+        return self.receive(queue.dlq_url)
+
+    def depth(self, url: str) -> int:
+        attrs = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[
+            "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+        return int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def dlq_deliver(p: Pipeline, queue: QueueInfo) -> set[str]:
+    return p.deliver(queue, batch_dlq.handler, p.dead_letters(queue))
+
+
+@pytest.fixture
+def pipeline(aws, env, local_store, bundles_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
+    """Stores on moto, settings pointing at them, the session's loaded models; small chunks."""
+    made = provision(None, LocalConfig(stage="unit", visibility_timeout_s=0))
+    env(model_dir=str(bundles_dir), data_bucket=made.buckets["Data"], jobs_table=made.tables["Jobs"],
+        work_queue_url=made.queues["Work"].url, batch_chunk_lines=100,
+        max_receive_count=made.queues["Work"].max_receive_count)
+    monkeypatch.setattr(model_store, "_store", local_store)
+    jobs.reset()
+    yield Pipeline(bucket=made.buckets["Data"], table=made.tables["Jobs"], events=made.queues["JobEvents"],
+                   work=made.queues["Work"])
+    jobs.reset()
