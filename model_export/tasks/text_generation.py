@@ -1,4 +1,9 @@
-"""Causal LM export: optimum ``text-generation-with-past`` → int8 → parity gate → generation bundle.
+"""The text-generation task: causal LMs exported with a KV cache (optimum ``text-generation-with-past``).
+
+The gate drives the runtime's own generation loop (functions/core/generation) against PyTorch
+``generate()``: the fp32 graph must match greedy decoding token for token; the shipped int8 graph
+is measured by next-token agreement along PyTorch's greedy tokens (teacher-forced, so one early
+flip does not hide how close the rest is) and by how many prompts it reproduces exactly.
 
 Also builds the demo generator ``cirrus-tiny-gpt2``: a GPT-2-shaped model with seeded random
 weights and a byte-level BPE tokenizer trained here on text written for it. It is NOT a trained
@@ -9,31 +14,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
-import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Any
 
 from functions.core.generation.spec import ChatTemplate, GenerationSpec
-from functions.core.manifest import FileEntry, Gate, Manifest, Quantization, Source, file_entry
+from model_export.config import ExportConfig, QuantizeConfig, Threshold
+from model_export.tasks.base import Task
 
-TASK = "text-generation"
-OPTIMUM_TASK = "text-generation-with-past"
 TINY_NAME = "cirrus-tiny-gpt2"
 SPECIAL_TOKENS = ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>")
-PARITY_PROMPTS = (
-    "Hello, how can I help you today?",
-    "The quick brown fox",
-    "Cirrus serves transformer models",
-    "Where is my order?",
-    "<|user|>\nWhat is deep learning?\n<|assistant|>\n",
-    "A",
-)
+PARITY_PROMPTS = 8        # the first texts of the export eval set become prompts
 PARITY_NEW_TOKENS = 24
-# fp32 must reproduce PyTorch greedy decoding exactly; int8 is measured teacher-forced (next-token
-# argmax along the fp32 continuation) so one early flip does not hide how close the rest is.
-THRESHOLDS = {"fp32_greedy_exact": 1.0, "int8_next_token_agreement": 0.80}
 
 # Text written for this project to train the demo tokenizer (byte-level BPE, so any input still
 # encodes: words outside this text fall back to byte pieces).
@@ -106,16 +99,6 @@ def build_tiny_gpt2(out_dir: Path, cfg: TinyGpt2Config = TinyGpt2Config()) -> Pa
     return out_dir
 
 
-def content_sha256(model_dir: Path) -> str:
-    """Hash over the source's weights, config and tokenizer (what decides the exported bytes)."""
-    h = hashlib.sha256()
-    for path in sorted(Path(model_dir).iterdir()):
-        if path.is_file() and path.suffix in {".json", ".safetensors", ".bin", ".txt", ".model"}:
-            h.update(path.name.encode())
-            h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
-
-
 def generation_spec(model_dir: Path) -> GenerationSpec:
     """The manifest's ``generation`` block, read from the model's config and tokenizer."""
     from tokenizers import Tokenizer
@@ -138,166 +121,107 @@ def generation_spec(model_dir: Path) -> GenerationSpec:
     )
 
 
-def export_onnx(model_dir: Path, out_dir: Path) -> Path:
-    """optimum-onnx export with past key values: one graph that takes an (possibly empty) cache."""
-    from optimum.exporters.onnx import main_export
+class TextGenerationTask(Task):
+    name = "text-generation"
+    optimum_task = "text-generation-with-past"
+    output_name = "logits"
+    thresholds = {"fp32_greedy_exact": Threshold(1.0), "next_token_agreement": Threshold(0.80)}
 
-    main_export(str(model_dir), output=str(out_dir), task=OPTIMUM_TASK, library_name="transformers",
-                do_validation=False, local_files_only=True)
-    return Path(out_dir) / "model.onnx"
+    def default_max_length(self, source_dir: Path) -> int:
+        return generation_spec(source_dir).context_length
+
+    def manifest_fields(self, source_dir: Path, export_dir: Path) -> dict[str, Any]:
+        return {"generation": generation_spec(source_dir).model_dump(mode="json")}
+
+    def evaluate(self, source_dir: Path, onnx_path: Path, tokenizer_path: Path, texts: list[str],
+                 fields: dict[str, Any]) -> dict[str, float]:
+        """Greedy parity of the fp32 graph and agreement of the shipped graph with PyTorch ``generate()``."""
+        from model_export.pipeline import FP32_FILE
+
+        prompts = texts[:PARITY_PROMPTS]
+        spec = GenerationSpec.model_validate(fields["generation"])
+        files = {"shipped": Path(onnx_path), "fp32": Path(onnx_path).parent / FP32_FILE}
+        refs = reference_greedy(source_dir, tokenizer_path, prompts, PARITY_NEW_TOKENS)
+        m = {f"{label}_{k}": v for label, path in files.items()
+             for k, v in agreement(path, tokenizer_path, spec, refs).items()}
+        return {"fp32_greedy_exact": m["fp32_greedy_exact"], "fp32_next_token_agreement": m["fp32_next_token_agreement"],
+                "greedy_exact": m["shipped_greedy_exact"], "next_token_agreement": m["shipped_next_token_agreement"],
+                "n_prompts": float(len(prompts)), "new_tokens": float(PARITY_NEW_TOKENS)}
 
 
-def quantize_int8(src: Path, dst: Path, *, per_channel: bool = True) -> Path:
-    """Dynamic int8, per-channel weights (per-tensor was measured poor on AVX2, see DESIGN.md)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel)
-    return Path(dst)
-
-
-def parity(model_dir: Path, bundle_dir: Path, onnx_files: dict[str, str],
-           prompts=PARITY_PROMPTS, new_tokens: int = PARITY_NEW_TOKENS) -> dict[str, float]:
-    """Compare ONNX generation to PyTorch ``generate()`` (greedy) on ``prompts``.
-
-    ``onnx_files`` maps a label ("fp32", "int8") to a file in ``bundle_dir``. For each label:
-    ``<label>_greedy_exact`` (share of prompts whose free-running greedy tokens equal PyTorch's) and
-    ``<label>_next_token_agreement`` (teacher-forced argmax agreement along PyTorch's tokens).
-    """
-    import numpy as np
+def reference_greedy(source_dir: Path, tokenizer_path: Path, prompts: list[str],
+                     new_tokens: int) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, PyTorch greedy continuation) per prompt; EOS is ignored so lengths are fixed."""
     import torch
+    from tokenizers import Tokenizer
     from transformers import AutoModelForCausalLM
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    tok.no_padding()
+    tok.no_truncation()
+    model = AutoModelForCausalLM.from_pretrained(source_dir).eval()
+    out = []
+    for prompt in prompts:
+        ids = tok.encode(prompt).ids
+        with torch.inference_mode():
+            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                                 eos_token_id=None, pad_token_id=model.config.eos_token_id)
+        out.append((ids, gen[0, len(ids):].tolist()))
+    return out
+
+
+def agreement(onnx_path: Path, tokenizer_path: Path, spec: GenerationSpec,
+              refs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+    """``greedy_exact``: share of prompts whose ONNX greedy tokens equal the reference exactly;
+    ``next_token_agreement``: teacher-forced argmax agreement along the reference tokens."""
+    import numpy as np
 
     from functions.core.generation.onnx_generator import OnnxGenerator, SamplingParams
 
-    ref_model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    greedy = SamplingParams(max_new_tokens=new_tokens, temperature=0.0)
-    metrics: dict[str, float] = {}
-    gens = {label: OnnxGenerator(bundle_dir, model_file=f, intra_op_threads=1) for label, f in onnx_files.items()}
-    any_gen = next(iter(gens.values()))
-    refs = []
-    for prompt in prompts:
-        ids = any_gen.encode(prompt)
-        with torch.no_grad():
-            out = ref_model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                     max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                                     eos_token_id=None, pad_token_id=ref_model.config.eos_token_id)
-        refs.append((ids, out[0, len(ids):].tolist()))
-    for label, gen in gens.items():
-        exact, agree, total = 0, 0, 0
-        for ids, ref in refs:
-            # min_new_tokens above keeps PyTorch from stopping at EOS; the ONNX side must not stop either.
-            got = _greedy_no_stop(gen, ids, greedy)
-            exact += int(got == ref)
-            full = np.asarray([ids + ref], dtype=np.int64)
-            logits = _forward_all(gen, full)
-            pred = logits[0, len(ids) - 1:-1].argmax(-1)
-            agree += int((pred == np.asarray(ref)).sum())
-            total += len(ref)
-        metrics[f"{label}_greedy_exact"] = exact / len(refs)
-        metrics[f"{label}_next_token_agreement"] = agree / total
-    return metrics
+    # The reference ran without EOS: the loop must not stop early either.
+    no_eos = spec.model_copy(update={"eos_token_ids": [-1]})
+    gen = OnnxGenerator.from_files(onnx_path, tokenizer_path, no_eos, intra_op_threads=1)
+    exact = agree = total = 0
+    for ids, ref in refs:
+        got = gen.generate_ids(ids, SamplingParams(max_new_tokens=len(ref), temperature=0.0)).token_ids
+        exact += int(got == ref)
+        pred = gen.logits(ids + ref)[len(ids) - 1:-1].argmax(-1)
+        agree += int((pred == np.asarray(ref)).sum())
+        total += len(ref)
+    return {"greedy_exact": exact / len(refs), "next_token_agreement": agree / total}
 
 
-def _greedy_no_stop(gen, ids, params) -> list[int]:
-    saved = gen.spec.eos_token_ids
-    try:
-        gen.spec.eos_token_ids = [-1]
-        return gen.generate_ids(ids, params).token_ids
-    finally:
-        gen.spec.eos_token_ids = saved
+TASK = TextGenerationTask()
 
 
-def _forward_all(gen, ids):
-    import numpy as np
-
-    n = ids.shape[1]
-    feeds = {"input_ids": ids, "attention_mask": np.ones((1, n), dtype=np.int64), **gen._empty_cache()}
-    if gen._use_positions:
-        feeds["position_ids"] = np.arange(n, dtype=np.int64)[None, :]
-    return gen.session.run([gen.manifest.output_name], feeds)[0]
+# --- the default bundle recipe (model_export/defaults.py) ------------------------------------------
+NAME = TINY_NAME
+DESCRIPTION = "randomly initialised GPT-2-shaped demo generator (seeded, NOT trained: its replies are noise)"
 
 
-def export_text_generation(model_dir: Path, out_dir: Path, *, name: str, version: str | None = None,
-                           quantize: bool = True, source_id: str | None = None,
-                           thresholds: dict[str, float] | None = None, force: bool = False) -> Manifest:
-    """Export ``model_dir`` (a local HF causal LM) into a verified generation bundle at ``out_dir``.
-
-    The shipped ``model.onnx`` is the int8 file when ``quantize`` (fp32 otherwise); the gate
-    checks fp32 against PyTorch exactly and the shipped int8 file by next-token agreement.
-    Raises ``GateFailed`` (unless ``force``) and leaves no bundle behind when the gate fails.
-    """
-    import onnxruntime
-    import optimum
-    import tokenizers
-    import torch
-    import transformers
-
-    from model_export.errors import GateFailed
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    thresholds = dict(THRESHOLDS if thresholds is None else thresholds)
-    spec = generation_spec(model_dir)
-    with tempfile.TemporaryDirectory(prefix="cirrus-gen-") as tmp:
-        tmp = Path(tmp)
-        fp32 = export_onnx(model_dir, tmp / "onnx")
-        work = tmp / "bundle"
-        work.mkdir()
-        shutil.copy(fp32, work / "model.fp32.onnx")
-        for f in ("tokenizer.json", "config.json"):
-            shutil.copy(model_dir / f, work / f)
-        files = {"fp32": "model.fp32.onnx"}
-        if quantize:
-            quantize_int8(work / "model.fp32.onnx", work / "model.onnx")
-            files["int8"] = "model.onnx"
-        else:
-            (work / "model.fp32.onnx").rename(work / "model.onnx")
-            files = {"fp32": "model.onnx"}
-        draft = _manifest(work, name=name, version=version or "draft", spec=spec, model_dir=model_dir,
-                          source_id=source_id, quantize=quantize, gate=None)
-        draft.write(work)
-        metrics = parity(model_dir, work, files)
-        if quantize:
-            thresholds = {k: v for k, v in thresholds.items()}
-        else:
-            thresholds = {k: v for k, v in thresholds.items() if k.startswith("fp32")}
-        passed = all(metrics.get(k, 0.0) >= v for k, v in thresholds.items())
-        if not passed and not force:
-            raise GateFailed(f"{name}: generation parity gate failed: {metrics} (need {thresholds})", metrics)
-        (work / "model.fp32.onnx").unlink(missing_ok=True)  # reference only: the bundle ships one graph
-        version = version or content_sha256(model_dir)[:12]
-        gate = Gate(passed=passed, forced=force and not passed, metrics=metrics, thresholds=thresholds,
-                    eval_set=f"parity-prompts:{len(PARITY_PROMPTS)}x{PARITY_NEW_TOKENS}")
-        manifest = _manifest(work, name=name, version=version, spec=spec, model_dir=model_dir,
-                             source_id=source_id, quantize=quantize, gate=gate)
-        manifest.tools = {"torch": torch.__version__, "transformers": transformers.__version__,
-                          "optimum": getattr(optimum, "__version__", "?"), "onnxruntime": onnxruntime.__version__,
-                          "tokenizers": tokenizers.__version__}
-        manifest.write(work)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(work, out_dir)
-    return manifest
+def _config(source: str) -> ExportConfig:
+    return ExportConfig(source=source, task=TASK.name, name=TINY_NAME, quantize=QuantizeConfig(arch="x86_64"))
 
 
-def _manifest(work: Path, *, name: str, version: str, spec: GenerationSpec, model_dir: Path,
-              source_id: str | None, quantize: bool, gate: Gate | None) -> Manifest:
-    files: dict[str, FileEntry] = {f: file_entry(work / f) for f in ("model.onnx", "tokenizer.json", "config.json")}
-    return Manifest(
-        name=name, version=version, task=TASK,
-        source=Source(id=source_id or str(model_dir), content_sha256=content_sha256(model_dir)),
-        max_length=spec.context_length, output_name="logits",
-        quantization=Quantization(mode="dynamic-int8", preset="avx2", per_channel=True) if quantize
-        else Quantization(mode="none"),
-        files=files, gate=gate, created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        generation=spec.model_dump(mode="json"),
-    )
+def identity() -> dict:
+    """Everything that decides the tiny bundle's bytes, computed without building it."""
+    return {"config": _config("<work>/source").fingerprint(), "shape": asdict(TinyGpt2Config()),
+            "corpus": hashlib.sha256(TOKENIZER_CORPUS.encode()).hexdigest(), "special": list(SPECIAL_TOKENS),
+            "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+            # Random init depends on torch's generator; the tokenizer trainer on tokenizers.
+            "torch": package_version("torch"), "tokenizers": package_version("tokenizers")}
 
 
-def build_tiny_bundle(out_dir: Path, *, work_dir: Path | None = None, quantize: bool = True,
-                      cfg: TinyGpt2Config = TinyGpt2Config()) -> Manifest:
-    """Build the ``cirrus-tiny-gpt2`` source model and export it as a bundle at ``out_dir``."""
-    with tempfile.TemporaryDirectory(prefix="cirrus-tiny-") as tmp:
-        src = build_tiny_gpt2(Path(work_dir or tmp) / "source", cfg)
-        return export_text_generation(src, out_dir, name=TINY_NAME, quantize=quantize,
-                                      source_id=f"cirrus:tiny-gpt2(seed={cfg.seed},random-init)")
+def build_tiny_bundle(target: Path, work: Path | None = None, progress=None):
+    """Build the source model under ``work`` and run the export pipeline into ``target``."""
+    import tempfile
+
+    from model_export.pipeline import build
+    from model_export.progress import SILENT
+
+    progress = progress or SILENT
+    with tempfile.TemporaryDirectory(prefix="cirrus-tiny-gpt2-", dir=work) as tmp:
+        src = build_tiny_gpt2(Path(tmp) / "source")
+        return build(_config(str(src)), Path(target), progress=progress,
+                     extra={"description": DESCRIPTION, "source_note": f"seed={TinyGpt2Config().seed}, random init"})

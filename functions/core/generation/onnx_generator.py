@@ -77,10 +77,24 @@ class OnnxGenerator:
                  intra_op_threads: int = 0) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or Manifest.read(self.bundle_dir)
-        self.spec = GenerationSpec.of(self.manifest)
-        label = f"{self.manifest.name}@{self.manifest.version}"
+        self._load(self.bundle_dir / model_file, self.bundle_dir / "tokenizer.json", GenerationSpec.of(self.manifest),
+                   self.manifest.output_name, f"{self.manifest.name}@{self.manifest.version}", intra_op_threads)
+
+    @classmethod
+    def from_files(cls, model_path: Path, tokenizer_path: Path, spec: GenerationSpec, *,
+                   output_name: str = "logits", intra_op_threads: int = 0) -> "OnnxGenerator":
+        """A generator over loose files (the exporter's gate, before a bundle exists)."""
+        obj = cls.__new__(cls)
+        obj.bundle_dir, obj.manifest = Path(model_path).parent, None
+        obj._load(Path(model_path), Path(tokenizer_path), spec, output_name, Path(model_path).name, intra_op_threads)
+        return obj
+
+    def _load(self, model_path: Path, tokenizer_path: Path, spec: GenerationSpec, output_name: str, label: str,
+              intra_op_threads: int) -> None:
+        self.spec = spec
+        self.output_name = output_name
         try:
-            self.tokenizer = Tokenizer.from_file(str(self.bundle_dir / "tokenizer.json"))
+            self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         except Exception as exc:
             raise BundleError(f"bundle {label}: tokenizer.json does not load") from exc
         # Generation sees the whole prompt: the context window is enforced here, not by silent truncation.
@@ -93,30 +107,29 @@ class OnnxGenerator:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(self.bundle_dir / model_file), sess_options=opts,
-                                                providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:
-            raise BundleError(f"bundle {label}: {model_file} does not load ({exc.__class__.__name__})") from exc
+            raise BundleError(f"bundle {label}: {model_path.name} does not load ({exc.__class__.__name__})") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
         outputs = [o.name for o in self.session.get_outputs()]
-        self._past = self.spec.past_inputs()
-        self._present = self.spec.present_outputs()
+        self._past = spec.past_inputs()
+        self._present = spec.present_outputs()
         missing = ({"input_ids", "attention_mask", *self._past} - set(inputs)) | (
-            {self.manifest.output_name, *self._present} - set(outputs))
+            {output_name, *self._present} - set(outputs))
         if missing:
             raise BundleError(f"bundle {label}: graph does not match its generation block, missing "
                               f"{sorted(missing)[:4]}")
-        self._use_positions = self.spec.uses_position_ids and "position_ids" in inputs
+        self._use_positions = spec.uses_position_ids and "position_ids" in inputs
         self._cache_dtype = np.float16 if inputs[self._past[0]].type == "tensor(float16)" else np.float32
-        self._outputs = [self.manifest.output_name, *self._present]
+        self._outputs = [output_name, *self._present]
 
     @property
     def name(self) -> str:
-        return self.manifest.name
+        return self.manifest.name if self.manifest else "unbundled"
 
     @property
     def version(self) -> str:
-        return self.manifest.version
+        return self.manifest.version if self.manifest else "unversioned"
 
     # --- text <-> ids ------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
@@ -140,7 +153,7 @@ class OnnxGenerator:
             raise BadRequest("the prompt is empty after tokenization", param="messages")
         room = self.spec.context_length - n_prompt
         if room < 1:
-            raise BadRequest(f"the prompt has {n_prompt} tokens; model {self.manifest.name!r} has a context "
+            raise BadRequest(f"the prompt has {n_prompt} tokens; model {self.name!r} has a context "
                              f"window of {self.spec.context_length} tokens", param="messages",
                              code="context_length_exceeded")
         budget = min(params.max_new_tokens, room)
@@ -178,3 +191,12 @@ class OnnxGenerator:
 
     def chat(self, messages: list[tuple[str, str]], params: SamplingParams) -> Generation:
         return self.generate_ids(self.encode(self.render_chat(messages)), params)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits at every position of ``ids`` in one pass (no cache): [len(ids), vocab]."""
+        n = len(ids)
+        feeds = {"input_ids": np.asarray([list(ids)], dtype=np.int64),
+                 "attention_mask": np.ones((1, n), dtype=np.int64), **self._empty_cache()}
+        if self._use_positions:
+            feeds["position_ids"] = np.arange(n, dtype=np.int64)[None, :]
+        return self.session.run([self.output_name], feeds)[0][0]
