@@ -6,8 +6,8 @@ import logging
 from dataclasses import dataclass, field
 
 import boto3
-from botocore.config import Config
 
+from functions.core.adapters.base import CLIENT_CONFIG
 from local.config import JOBS_INPUT_SUFFIX, REGION, LocalConfig, resources
 
 log = logging.getLogger("cirrus.local.aws")
@@ -20,9 +20,6 @@ FAKE_CREDENTIALS = {
     "AWS_DEFAULT_REGION": REGION,
     "AWS_REGION": REGION,
 }
-
-_CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
-
 
 class MotoServer:
     """moto's ThreadedMotoServer on 127.0.0.1, quiet, with its URL once started."""
@@ -48,13 +45,16 @@ class MotoServer:
 
 
 def client(service: str, endpoint_url: str):
-    """A boto3 client bound to the local endpoint with fake credentials (never the real account)."""
-    return boto3.client(
-        service, endpoint_url=endpoint_url, region_name=REGION, config=_CLIENT_CONFIG,
+    """A client for the local endpoint with fake credentials, so no real account is ever reached.
+
+    Same timeouts/retries as the functions' adapters; explicit credentials instead of the
+    environment's because the caller (a test, the CLI) may hold real ones.
+    """
+    session = boto3.session.Session(
         aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
         aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"],
-    )
+        aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"], region_name=REGION)
+    return session.client(service, endpoint_url=endpoint_url, config=CLIENT_CONFIG)
 
 
 @dataclass

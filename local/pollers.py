@@ -78,6 +78,7 @@ class QueuePoller:
         self.function = function
         self.batch_size = batch_size
         self.wait_s = wait_s
+        self.name = f"{function.name} <- {queue_url.rsplit('/', 1)[-1]}"
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.batches = 0
@@ -85,8 +86,12 @@ class QueuePoller:
         self.failed = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name=f"poller-{self.function.name}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"poller-{self.name}", daemon=True)
         self._thread.start()
+
+    def signal_stop(self) -> None:
+        """Ask the thread to stop after its current receive/invoke (``stop`` also waits for it)."""
+        self._stop.set()
 
     def stop(self, timeout: float = 30) -> None:
         self._stop.set()

@@ -1,0 +1,357 @@
+"""Start and stop the whole local Cirrus: bundles, moto + stores, key, heavy stand-in, gateway, pollers.
+
+``LocalSystem.start()`` does the steps of ``python -m local up`` in order and, if one fails, stops
+what the earlier ones started; ``stop()`` stops everything it started (threads it owns, and the
+heavy stand-in subprocess by its PID) and nothing else.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from local.config import REPO_ROOT, LocalConfig
+
+log = logging.getLogger("cirrus.local")
+
+API_HANDLER = "functions.handlers.api.handler"
+AUTHORIZER_HANDLER = "functions.handlers.authorizer.handler"
+SPLITTER_HANDLER = "functions.handlers.batch_splitter.handler"
+WORKER_HANDLER = "functions.handlers.batch_worker.handler"
+DLQ_HANDLER = "functions.handlers.batch_dlq.handler"
+HEAVY_SERVER_MODULE = "local.heavy_server"
+HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
+DEV_KEY_NAME = "local-dev"
+
+
+class StartupError(RuntimeError):
+    """A step of ``up`` failed with a message meant for the person at the terminal."""
+
+
+def missing_dependency(exc: ImportError) -> StartupError:
+    name = getattr(exc, "name", None) or str(exc)
+    return StartupError(f"missing dependency {name!r}: run `make setup` (or "
+                        f"`.venv/bin/python -m pip install -r requirements.txt`) and try again")
+
+
+def port_free(host: str, port: int) -> bool:
+    if port == 0:
+        return True
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Started:
+    """What ``start()`` brought up: the facts the banner, ``status`` and the tests need."""
+
+    url: str
+    aws_endpoint_url: str
+    api_key: str
+    api_key_id: str
+    buckets: dict[str, str]
+    tables: dict[str, str]
+    queues: dict[str, dict[str, Any]]
+    models: dict[str, str]                      # name -> published version
+    batch: bool                                 # splitter/worker pollers running
+    heavy_url: str | None
+    heavy_pid: int | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def public(self) -> dict[str, Any]:
+        """Everything but the API key: this goes into the state file."""
+        out = dict(vars(self))
+        out.pop("api_key")
+        return out
+
+
+class LocalSystem:
+    def __init__(self, cfg: LocalConfig, *, say: Callable[[str], None] = lambda s: None) -> None:
+        self.cfg = cfg
+        self.say = say
+        self._stops: list[tuple[str, Callable[[], None]]] = []
+        self.started: Started | None = None
+        self.pollers: list = []
+        self.functions: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> Started:
+        cfg = self.cfg
+        if not port_free(cfg.host, cfg.port):
+            raise StartupError(f"port {cfg.port} on {cfg.host} is taken (is Cirrus already running? "
+                               f"`python -m local status`); choose another with --port N")
+        if not port_free(cfg.host, cfg.aws_port):
+            raise StartupError(f"port {cfg.aws_port} on {cfg.host} is taken; choose another with --aws-port N")
+        timings: dict[str, float] = {}
+        try:
+            with _timed(timings, "bundles"):
+                bundles = self._bundles()
+            with _timed(timings, "aws"):
+                prov = self._aws()
+            with _timed(timings, "publish"):
+                models = self._publish(bundles, prov)
+            with _timed(timings, "api_key"):
+                key, key_id = self._dev_key(prov)
+            with _timed(timings, "heavy"):
+                heavy_url, heavy_pid, heavy_note = self._heavy(bundles)
+            with _timed(timings, "functions"):
+                self._environment(prov, models, heavy_url)
+                gateway_url = self._gateway()
+            with _timed(timings, "batch"):
+                batch, batch_note = self._batch(prov)
+        except BaseException:
+            self.stop()
+            raise
+        timings["total"] = round(sum(timings.values()), 2)
+        self.started = Started(
+            url=gateway_url, aws_endpoint_url=prov.endpoint_url, api_key=key, api_key_id=key_id,
+            buckets=prov.buckets, tables=prov.tables, queues={k: vars(v) for k, v in prov.queues.items()},
+            models=models, batch=batch, heavy_url=heavy_url, heavy_pid=heavy_pid, timings_s=timings,
+            notes=[n for n in (heavy_note, batch_note) if n])
+        return self.started
+
+    def _bundles(self) -> dict[str, Path]:
+        self.say("bundles: checking the default model bundles (exported once, then cached)")
+        try:
+            from model_export.defaults import ensure_default_bundles
+        except ImportError as exc:
+            raise missing_dependency(exc) from None
+        from model_export.errors import ExportError
+
+        try:
+            return ensure_default_bundles(self.cfg.bundles_dir)
+        except ExportError as exc:
+            raise StartupError(f"could not build the default bundles: {exc}") from None
+
+    def _aws(self):
+        from local.aws import FAKE_CREDENTIALS, MotoServer, provision
+
+        # Fake credentials and no profile: whatever the shell holds, nothing reaches a real account.
+        for var in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+            os.environ.pop(var, None)
+        os.environ.update(FAKE_CREDENTIALS)
+        os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+        server = MotoServer(self.cfg.host, self.cfg.aws_port)
+        url = server.start()
+        self._stops.append(("moto server", server.stop))
+        os.environ["AWS_ENDPOINT_URL"] = url
+        self.say(f"aws: moto server on {url}")
+        prov = provision(url, self.cfg)
+        self.say(f"aws: created {len(prov.buckets)} buckets, {len(prov.tables)} tables, "
+                 f"{len(prov.queues)} queues (+DLQs), KMS key {prov.kms_key_id}")
+        return prov
+
+    def _publish(self, bundles: dict[str, Path], prov) -> dict[str, str]:
+        from local.aws import client
+        from model_export.publish import publish_bundle
+
+        s3 = client("s3", prov.endpoint_url)
+        out = {}
+        for name, path in bundles.items():
+            result = publish_bundle(path, prov.buckets["Artifacts"], kms_key_id=prov.kms_key_arn, s3_client=s3)
+            out[name] = result["version"]
+        self.say("models: published " + ", ".join(f"{n}@{v}" for n, v in out.items())
+                 + f" to s3://{prov.buckets['Artifacts']} (SSE-KMS)")
+        return out
+
+    def _dev_key(self, prov) -> tuple[str, str]:
+        from functions.core.auth import KeyStore
+        from local.aws import client
+
+        store = KeyStore(prov.tables["ApiKeys"], ddb=client("dynamodb", prov.endpoint_url))
+        key, record = store.create(DEV_KEY_NAME)
+        return key, record.key_id
+
+    def _heavy(self, bundles: dict[str, Path]) -> tuple[str | None, int | None, str | None]:
+        if not self.cfg.heavy:
+            return None, None, "heavy path: off (--no-heavy)"
+        if importlib.util.find_spec(HEAVY_SERVER_MODULE) is None:
+            return None, None, "heavy path: not available yet (local/heavy_server.py is missing)"
+        bundle = next((p for n, p in bundles.items() if _task(p) == "text-generation"), None)
+        if bundle is None:
+            return None, None, "heavy path: no text-generation bundle to serve"
+        port = free_port(self.cfg.host)
+        log_path = self.cfg.state_dir / "heavy-server.log"
+        logf = open(log_path, "ab")
+        # A separate process, as a SageMaker endpoint is a separate machine; stopped by its PID.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", self.cfg.host, "--port", str(port),
+             "--bundle", str(bundle)],
+            cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logf.close()
+        self._stops.append(("heavy stand-in", lambda: _stop_process(proc)))
+        url = f"http://{self.cfg.host}:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise StartupError(f"the heavy stand-in exited with code {proc.returncode}; see {log_path}")
+            try:
+                with urllib.request.urlopen(url + "/ping", timeout=1) as r:
+                    if r.status == 200:
+                        self.say(f"heavy: SageMaker stand-in on {url} (pid {proc.pid}) serving {bundle.name}")
+                        return url, proc.pid, None
+            except OSError:
+                time.sleep(0.2)
+        raise StartupError(f"the heavy stand-in did not answer /ping within 60 s; see {log_path}")
+
+    def _environment(self, prov, models: dict[str, str], heavy_url: str | None) -> None:
+        """The functions' environment: Settings from what was provisioned, AWS endpoints on loopback."""
+        from functions.core.settings import Settings, get_settings
+
+        fields: dict[str, Any] = dict(prov.settings_fields)
+        fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
+                      max_receive_count=prov.queues["Work"].max_receive_count)
+        if heavy_url:
+            fields["heavy_endpoint_name"] = HEAVY_ENDPOINT_NAME
+        env = Settings(**fields).env()
+        env.update({
+            "POWERTOOLS_TRACE_DISABLED": "true",         # no X-Ray daemon on this machine
+            "POWERTOOLS_METRICS_NAMESPACE": "Cirrus",
+            "AWS_LAMBDA_LOG_GROUP_NAME": "/aws/lambda/local",
+        })
+        if heavy_url:
+            env["AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME"] = heavy_url
+        env.update(self.cfg.extra_env)
+        os.environ.update(env)
+        get_settings.cache_clear()
+
+    def _gateway(self) -> str:
+        from local.gateway import Gateway, GatewayServer
+        from local.lambdas import LambdaFunction
+
+        st = self.cfg.stage_settings().functions
+        api = LambdaFunction(f"cirrus-{self.cfg.stage}-api", API_HANDLER, timeout_s=st.api.timeout_s,
+                             memory_mb=st.api.memory_mb)
+        auth = LambdaFunction(f"cirrus-{self.cfg.stage}-authorizer", AUTHORIZER_HANDLER,
+                              timeout_s=st.authorizer.timeout_s, memory_mb=st.authorizer.memory_mb)
+        for fn in (api, auth):
+            try:
+                fn.load()  # import now: a broken handler should stop `up`, not the first request
+            except ImportError as exc:
+                raise missing_dependency(exc) from None
+        self.functions.update(api=api, authorizer=auth)
+        gw = Gateway(api, auth, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
+                     timeout_s=st.api.timeout_s, host=self.cfg.host)
+        try:
+            server = GatewayServer(gw, self.cfg.host, self.cfg.port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {self.cfg.host}:{self.cfg.port}: {exc.strerror}; "
+                               f"choose another port with --port N") from None
+        url = server.start()
+        self._stops.append(("gateway", server.stop))
+        self.say(f"api: local API Gateway on {url} (stage {self.cfg.stage})")
+        return url
+
+    def _batch(self, prov) -> tuple[bool, str | None]:
+        from local.aws import client
+        from local.lambdas import LambdaFunction
+        from local.pollers import QueuePoller
+
+        missing = [h for h in (SPLITTER_HANDLER, WORKER_HANDLER)
+                   if importlib.util.find_spec(h.rsplit(".", 1)[0]) is None]
+        if missing:
+            return False, "batch jobs: not available yet (" + ", ".join(missing) + " missing)"
+        st = self.cfg.stage_settings().functions
+        sqs = client("sqs", prov.endpoint_url)
+
+        def function(name: str, handler: str, fs) -> LambdaFunction:
+            fn = LambdaFunction(f"cirrus-{self.cfg.stage}-{name}", handler, timeout_s=fs.timeout_s,
+                                memory_mb=fs.memory_mb)
+            try:
+                fn.load()
+            except ImportError as exc:
+                raise missing_dependency(exc) from None
+            self.functions[name] = fn
+            return fn
+
+        def poll(url: str, arn: str, fn: LambdaFunction) -> None:
+            poller = QueuePoller(sqs, queue_url=url, queue_arn=arn, function=fn,
+                                 batch_size=st.sqs_batch_size, wait_s=self.cfg.poll_wait_s)
+            poller.start()
+            self.pollers.append(poller)
+            self._stops.append((f"poller {poller.name}", poller.stop))
+
+        splitter = function("batch-splitter", SPLITTER_HANDLER, st.batch_splitter)
+        worker = function("batch-worker", WORKER_HANDLER, st.batch_worker)
+        poll(prov.queues["JobEvents"].url, prov.queues["JobEvents"].arn, splitter)
+        poll(prov.queues["Work"].url, prov.queues["Work"].arn, worker)
+        # The dead-letter backstop marks jobs whose messages died (timeouts, crashes) as failed.
+        if importlib.util.find_spec(DLQ_HANDLER.rsplit(".", 1)[0]) is not None:
+            dlq = function("batch-dlq", DLQ_HANDLER, st.batch_splitter)
+            for q in prov.queues.values():
+                poll(q.dlq_url, q.dlq_arn, dlq)
+        self.say(f"batch: files under s3://{prov.buckets['Data']}/jobs/input/*.jsonl start jobs "
+                 f"(splitter + worker pollers running)")
+        return True, None
+
+    # ------------------------------------------------------------------ stop / status
+    def stop(self) -> None:
+        """Stop, newest first, everything start() started; each step runs even if another fails."""
+        for p in self.pollers:
+            p.signal_stop()  # all at once: each is in a long poll of up to poll_wait_s
+        while self._stops:
+            what, fn = self._stops.pop()
+            try:
+                fn()
+                log.info("stopped %s", what)
+            except Exception as exc:  # noqa: BLE001 - keep stopping the rest
+                log.error("stopping %s failed: %s", what, exc)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "pollers": {p.name: {"running": p.running, "batches": p.batches, "deleted": p.deleted,
+                                          "failed": p.failed} for p in self.pollers},
+            "functions": {n: {"invocations": f.invocations, "errors": f.errors} for n, f in self.functions.items()},
+        }
+
+
+def _task(bundle: Path) -> str | None:
+    try:
+        return json.loads((bundle / "manifest.json").read_text()).get("task")
+    except (OSError, ValueError):
+        return None
+
+
+def _stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """Stop a child we started, by its PID: SIGTERM, then SIGKILL if it does not exit."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+class _timed:
+    def __init__(self, out: dict[str, float], name: str) -> None:
+        self.out, self.name = out, name
+
+    def __enter__(self) -> None:
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self.out[self.name] = round(time.perf_counter() - self.t, 2)
+
