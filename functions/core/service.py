@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from functions.core.errors import PayloadTooLarge
+from functions.core.errors import PayloadTooLarge, ValidationFailed
 from functions.core.model_store import loaded_versions, store
 from functions.core.observability import logger, metrics
 from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
@@ -37,6 +37,15 @@ def check_limits(texts: list[str], settings: Settings) -> None:
         if len(text) > settings.max_chars:
             raise PayloadTooLarge(f"input[{i}] has {len(text)} characters, the limit is {settings.max_chars}",
                                   param="input", code="input_too_long")
+
+
+def model_for(name: str, task: str) -> Any:
+    """The loaded model ``name``, refused with 422 when it serves another task (e.g. generation)."""
+    model = store().get(name)
+    if model.manifest.task != task:
+        raise ValidationFailed(f"model {name!r} is a {model.manifest.task} model, not {task}",
+                               param="model", code="model_task_mismatch")
+    return model
 
 
 def _usage(token_counts: list[int]) -> dict[str, int]:
@@ -65,7 +74,7 @@ def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
     name = req.model or settings.default_embedding_model
     texts = req.texts()
     check_limits(texts, settings)
-    model = store().get(name)
+    model = model_for(name, "feature-extraction")
     started = time.perf_counter()
     vectors, counts = model.embed(texts, overflow=settings.token_overflow)
     seconds = time.perf_counter() - started
@@ -79,7 +88,7 @@ def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
 def classify(req: ClassifyRequest, settings: Settings) -> Result:
     texts = req.texts()
     check_limits(texts, settings)
-    model = store().get(req.model)
+    model = model_for(req.model, "text-classification")
     started = time.perf_counter()
     probs, counts = model.classify(texts, overflow=settings.token_overflow)
     seconds = time.perf_counter() - started

@@ -16,9 +16,10 @@ from light_support import (  # noqa: F401  (fixtures)
     direct_probabilities, env, light_api, load_event, local_store,
 )
 
-# Per-channel int8 with dynamic activation scales: a batch padded to its longest member and a
-# single unpadded run see slightly different scales, so "same output" means cosine ~1, not bits.
-PARITY_COS = 0.999
+# Dynamic int8 quantizes activations with a scale computed over the whole batch tensor, so a
+# batched run and a single run of the same text differ slightly (measured: cos >= 0.98, mean
+# 0.9995). Exact parity is checked with batch size 1; batched output within this tolerance.
+BATCHED_COS = 0.97
 
 TEXTS = [
     "The food was delicious and the waiter was friendly.",
@@ -33,7 +34,8 @@ def embed_event(body):
     return api_event("POST", "/v1/embeddings", body)
 
 
-def test_embeddings_match_the_bundles_own_onnx_output(light_api, bundles_dir):
+def test_embeddings_match_the_bundles_own_onnx_output(env, bundles_dir):
+    env(model_dir=str(bundles_dir), batch_size=1)  # fresh store, one input per session run
     status, body, headers = call_api(embed_event({"model": EMBEDDER, "input": TEXTS}))
     assert status == 200, body
     assert body["object"] == "list" and body["model"] == EMBEDDER
@@ -41,9 +43,22 @@ def test_embeddings_match_the_bundles_own_onnx_output(light_api, bundles_dir):
     got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
     want = direct_embeddings(bundles_dir / EMBEDDER, TEXTS)
     assert got.shape == want.shape
-    assert cosine(got, want).min() > PARITY_COS
-    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)  # the manifest asks for L2 norm
+    assert np.allclose(got, want, atol=1e-5)
     assert headers["X-Cirrus-Model-Version"] == Manifest.read(bundles_dir / EMBEDDER).version
+
+
+def test_batched_embeddings_keep_request_order_within_quantization_tolerance(light_api, bundles_dir):
+    texts = TEXTS * 3 + [f"item number {i} in a longer list" for i in range(20)]
+    status, body, _ = call_api(embed_event({"model": EMBEDDER, "input": texts}))
+    assert status == 200, body
+    got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    want = direct_embeddings(bundles_dir / EMBEDDER, texts)
+    assert cosine(got, want).min() > BATCHED_COS
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)  # the manifest asks for L2 norm
+    # Sorting by length for batching must not reorder results: each row is closest to its own text.
+    sims = got @ want.T
+    distinct = [i for i, t in enumerate(texts) if texts.index(t) == i]
+    assert all(texts[int(np.argmax(sims[i]))] == texts[i] for i in distinct)
 
 
 def test_embeddings_fixture_event_single_string_counts_its_tokens(light_api, bundles_dir):
@@ -54,7 +69,8 @@ def test_embeddings_fixture_event_single_string_counts_its_tokens(light_api, bun
     assert len(body["data"]) == 1
     tokens = len(light_api.get(EMBEDDER).tokenize([text]).encodings[0].ids)
     assert body["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
-    assert cosine(np.array(body["data"][0]["embedding"]), direct_embeddings(bundles_dir / EMBEDDER, [text])[0]) > PARITY_COS
+    # A single input is a batch of one: the same numbers as a direct session run.
+    assert np.allclose(body["data"][0]["embedding"], direct_embeddings(bundles_dir / EMBEDDER, [text])[0], atol=1e-5)
 
 
 def test_embeddings_base64_is_little_endian_float32_of_the_same_vectors(light_api):
