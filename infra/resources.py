@@ -36,6 +36,7 @@ class QueueSpec:
     id: str
     env: str | None            # Settings field that receives the queue URL (None: not read by code)
     max_receive_count: int = 3  # receives before a message moves to the queue's DLQ
+    consumer: str | None = None  # function id (infra.constructs.functions.FUNCTIONS) fed by this queue
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,9 @@ RESOURCES = Resources(
                   ttl_attribute="expiration"),
     ),
     queues=(
-        QueueSpec(id="JobEvents", env=None),           # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
-        QueueSpec(id="Work", env="work_queue_url"),    # chunk messages -> worker
+        # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
+        QueueSpec(id="JobEvents", env=None, consumer="batch_splitter"),
+        # chunk messages -> worker
+        QueueSpec(id="Work", env="work_queue_url", consumer="batch_worker"),
     ),
 )

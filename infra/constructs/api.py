@@ -1,0 +1,163 @@
+"""API: the REST API (bearer-key authorizer on every method, validation, throttling, logs, tracing, WAF)."""
+from __future__ import annotations
+
+import json
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_apigateway as apigw
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_wafv2 as wafv2
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.constructs.functions import encrypted_log_group
+from infra.settings import StageSettings
+
+# Every route the api function serves. A route missing here answers 404 before reaching Lambda,
+# so new routes must be added here as well as in the function's resolver.
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/health"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model}"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/classify"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+)
+
+# Gateway-made errors in the same OpenAI shape as the function's (functions/core/errors.py).
+# Field validation stays in the function (422 with the field named), so local and AWS agree; the
+# gateway only rejects bodies that are not a JSON object.
+GATEWAY_ERRORS = (
+    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid_request_error", "invalid_json",
+     "The request body must be a JSON object."),
+    (apigw.ResponseType.UNAUTHORIZED, "401", "authentication_error", "invalid_api_key",
+     "Missing or invalid API key (Authorization: Bearer <key>)."),
+    (apigw.ResponseType.ACCESS_DENIED, "401", "authentication_error", "invalid_api_key",
+     "Missing or invalid API key (Authorization: Bearer <key>)."),
+    (apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, "404", "invalid_request_error", "not_found",
+     "Unknown route."),
+    (apigw.ResponseType.RESOURCE_NOT_FOUND, "404", "invalid_request_error", "not_found", "Unknown route."),
+    (apigw.ResponseType.THROTTLED, "429", "rate_limit_error", "rate_limited", "Rate limit reached; retry later."),
+    (apigw.ResponseType.QUOTA_EXCEEDED, "429", "rate_limit_error", "quota_exceeded", "Quota exceeded."),
+    (apigw.ResponseType.REQUEST_TOO_LARGE, "413", "invalid_request_error", "payload_too_large",
+     "The request body is too large."),
+    (apigw.ResponseType.INTEGRATION_TIMEOUT, "504", "server_error", "timeout",
+     "The request took too long; use the jobs API for long work."),
+    (apigw.ResponseType.DEFAULT_4_XX, None, "invalid_request_error", "bad_request", "Bad request."),
+    (apigw.ResponseType.DEFAULT_5_XX, None, "server_error", "internal_error",
+     "The server had an error while processing your request."),
+)
+
+AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
+
+
+class Api(Construct):
+    """REST API in front of the api function; the authorizer function guards every method."""
+
+    def __init__(self, scope: Construct, id: str, *, stage: StageSettings, key: kms.IKey,
+                 handler: lambda_.IFunction, authorizer: lambda_.IFunction) -> None:
+        super().__init__(scope, id)
+        self.access_logs = encrypted_log_group(self, "AccessLogs", key=key, stage=stage)
+        self.rest_api = apigw.RestApi(
+            self, "RestApi",
+            rest_api_name=f"cirrus-{stage.name}",
+            description="Cirrus: OpenAI-compatible embeddings, classification, generation and jobs",
+            endpoint_types=[apigw.EndpointType.REGIONAL],
+            cloud_watch_role=True,
+            deploy_options=apigw.StageOptions(
+                stage_name=stage.name,
+                throttling_rate_limit=stage.api.throttle_rate_limit,
+                throttling_burst_limit=stage.api.throttle_burst_limit,
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigw.MethodLoggingLevel.ERROR,
+                data_trace_enabled=False,   # would log request bodies (user text) and headers (keys)
+                access_log_destination=apigw.LogGroupLogDestination(self.access_logs),
+                access_log_format=apigw.AccessLogFormat.json_with_standard_fields(
+                    caller=False, http_method=True, ip=True, protocol=True, request_time=True,
+                    resource_path=True, response_length=True, status=True, user=False),
+            ),
+        )
+        self.authorizer = apigw.TokenAuthorizer(
+            self, "BearerAuthorizer", handler=authorizer,
+            identity_source=apigw.IdentitySource.header("Authorization"),
+            results_cache_ttl=AUTHORIZER_CACHE_TTL,
+        )
+        validator = self.rest_api.add_request_validator(
+            "Validator", validate_request_body=True, validate_request_parameters=True)
+        json_object = self.rest_api.add_model(
+            "JsonObject", content_type="application/json", model_name="JsonObject",
+            schema=apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, type=apigw.JsonSchemaType.OBJECT))
+        integration = apigw.LambdaIntegration(handler, proxy=True)
+        for verb, path in ROUTES:
+            resource = self.rest_api.root.resource_for_path(path)
+            resource.add_method(
+                verb, integration,
+                authorizer=self.authorizer,
+                authorization_type=apigw.AuthorizationType.CUSTOM,
+                request_validator=validator,
+                request_models={"application/json": json_object} if verb == "POST" else None,
+            )
+        for rtype, status, etype, code, message in GATEWAY_ERRORS:
+            body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+            self.rest_api.add_gateway_response(
+                f"Gw{rtype.response_type}", type=rtype, status_code=status,
+                templates={"application/json": json.dumps(body)},
+                response_headers={"Content-Type": "'application/json'"})
+        acknowledge(self.rest_api, id="AwsSolutions-COG4",
+            reason="Clients are services holding API keys; a Lambda TOKEN authorizer checks salted key hashes.")
+        acknowledge(self.rest_api, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+            reason="The account-level role API Gateway needs to write execution logs; AWS maintains it.")
+        if stage.api.waf:
+            self.web_acl = self._waf(stage)
+        else:
+            self.web_acl = None
+            acknowledge(self.rest_api.deployment_stage, id="AwsSolutions-APIG3",
+                reason=f"WAF is switched off for stage {stage.name} in cdk.json (api.waf); prod turns it on.")
+
+    @property
+    def url(self) -> str:
+        return self.rest_api.url
+
+    def _waf(self, stage: StageSettings) -> wafv2.CfnWebACL:
+        def managed(name: str, priority: int, overrides: tuple[str, ...] = ()) -> wafv2.CfnWebACL.RuleProperty:
+            return wafv2.CfnWebACL.RuleProperty(
+                name=name, priority=priority,
+                override_action=wafv2.CfnWebACL.OverrideActionProperty(none={}),
+                statement=wafv2.CfnWebACL.StatementProperty(
+                    managed_rule_group_statement=wafv2.CfnWebACL.ManagedRuleGroupStatementProperty(
+                        vendor_name="AWS", name=name,
+                        rule_action_overrides=[wafv2.CfnWebACL.RuleActionOverrideProperty(
+                            name=o, action_to_use=wafv2.CfnWebACL.RuleActionProperty(count={}))
+                            for o in overrides] or None)),
+                visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                    cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True))
+
+        acl = wafv2.CfnWebACL(
+            self, "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                cloud_watch_metrics_enabled=True, metric_name=f"cirrus-{stage.name}", sampled_requests_enabled=True),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="rate-per-ip", priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            limit=stage.api.waf_rate_limit, aggregate_key_type="IP")),
+                    visibility_config=wafv2.CfnWebACL.VisibilityConfigProperty(
+                        cloud_watch_metrics_enabled=True, metric_name="rate-per-ip", sampled_requests_enabled=True)),
+                # Embedding/batch requests carry large bodies by design: count, don't block, the 8 KB body rule.
+                managed("AWSManagedRulesCommonRuleSet", 1, ("SizeRestrictions_BODY",)),
+                managed("AWSManagedRulesKnownBadInputsRuleSet", 2),
+            ],
+        )
+        wafv2.CfnWebACLAssociation(self, "WebAclAssociation", web_acl_arn=acl.attr_arn,
+                                   resource_arn=self.rest_api.deployment_stage.stage_arn)
+        return acl

@@ -1,0 +1,136 @@
+"""Artifacts (model bundles) and Data (batch jobs) buckets, their access-log bucket, and bundle upload."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_deployment as s3deploy
+from constructs import Construct
+
+from infra.constructs import acknowledge
+
+from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file
+from infra.resources import RESOURCES
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A built bundle folder to upload at deploy, with what its registry pointer says."""
+
+    name: str
+    version: str
+    path: Path
+    manifest_sha256: str
+    created_at: str
+
+    @classmethod
+    def read(cls, path: Path) -> "Bundle":
+        m = Manifest.read(path)
+        return cls(m.name, m.version, path, sha256_file(path / MANIFEST_NAME), m.created_at)
+
+
+class Artifacts(Construct):
+    """The buckets in ``RESOURCES.buckets`` (SSE-KMS + bucket key, versioned, SSL-only, private,
+    access-logged, lifecycle rules) plus the log bucket their access logs go to.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, key: kms.IKey, retain: bool,
+                 log_retention_days: int) -> None:
+        super().__init__(scope, id)
+        removal = RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY
+        # S3 server access logging cannot write to an SSE-KMS bucket: the log bucket uses SSE-S3.
+        self.log_bucket = s3.Bucket(
+            self, "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            enforce_ssl=True,
+            versioned=True,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            lifecycle_rules=[s3.LifecycleRule(
+                id="expire-access-logs", expiration=Duration.days(max(log_retention_days, 30)),
+                noncurrent_version_expiration=Duration.days(7),
+                abort_incomplete_multipart_upload_after=Duration.days(1))],
+            removal_policy=removal,
+            auto_delete_objects=not retain,
+        )
+        acknowledge(self.log_bucket, id="AwsSolutions-S1",
+            reason="This is the access-log target bucket; logging it into itself would loop.")
+
+        lifecycle = {
+            # Old model versions stay restorable for 90 days after a newer object replaces them.
+            "Artifacts": [s3.LifecycleRule(id="old-model-versions", noncurrent_version_expiration=Duration.days(90),
+                                           abort_incomplete_multipart_upload_after=Duration.days(1))],
+            "Data": [
+                s3.LifecycleRule(id="job-work", prefix=RESOURCES.jobs_work_prefix, expiration=Duration.days(7)),
+                s3.LifecycleRule(id="job-inputs", prefix=RESOURCES.jobs_input_prefix, expiration=Duration.days(30)),
+                s3.LifecycleRule(id="job-outputs", prefix=RESOURCES.jobs_output_prefix, expiration=Duration.days(30)),
+                s3.LifecycleRule(id="noncurrent", noncurrent_version_expiration=Duration.days(7),
+                                 abort_incomplete_multipart_upload_after=Duration.days(1)),
+            ],
+        }
+        self.buckets: dict[str, s3.Bucket] = {}
+        for spec in RESOURCES.buckets:
+            self.buckets[spec.id] = s3.Bucket(
+                self, spec.id,
+                encryption=s3.BucketEncryption.KMS,
+                encryption_key=key,
+                bucket_key_enabled=True,
+                enforce_ssl=True,
+                versioned=True,
+                block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+                object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+                server_access_logs_bucket=self.log_bucket,
+                server_access_logs_prefix=f"{spec.id.lower()}/",
+                lifecycle_rules=lifecycle.get(spec.id),
+                removal_policy=removal,
+                auto_delete_objects=not retain,
+            )
+
+    @property
+    def artifacts(self) -> s3.Bucket:
+        return self.buckets["Artifacts"]
+
+    @property
+    def data(self) -> s3.Bucket:
+        return self.buckets["Data"]
+
+
+class BundleUpload(Construct):
+    """Upload bundle folders to ``models/<name>/<version>/`` and then move ``models/<name>/current.json``.
+
+    The pointer deployment depends on the files deployment, so a reader never sees a pointer to a
+    version whose files have not all landed (the runtime checks every sha256 as well).
+    """
+
+    def __init__(self, scope: Construct, id: str, *, bucket: s3.IBucket, key: kms.IKey,
+                 bundles: list[Bundle]) -> None:
+        super().__init__(scope, id)
+        for b in bundles:
+            files = s3deploy.BucketDeployment(
+                self, f"{b.name}-files",
+                sources=[s3deploy.Source.asset(str(b.path))],
+                destination_bucket=bucket,
+                destination_key_prefix=f"{RESOURCES.models_prefix}{b.name}/{b.version}/",
+                prune=False,
+                retain_on_delete=True,
+                server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
+                server_side_encryption_aws_kms_key_id=key.key_id,
+                memory_limit=1024,
+            )
+            pointer = {"name": b.name, "version": b.version, "manifest_sha256": b.manifest_sha256,
+                       "updated_at": b.created_at, "history": []}
+            current = s3deploy.BucketDeployment(
+                self, f"{b.name}-pointer",
+                sources=[s3deploy.Source.data("current.json", json.dumps(pointer, sort_keys=True))],
+                destination_bucket=bucket,
+                destination_key_prefix=f"{RESOURCES.models_prefix}{b.name}/",
+                prune=False,
+                retain_on_delete=True,
+                server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
+                server_side_encryption_aws_kms_key_id=key.key_id,
+            )
+            current.node.add_dependency(files)

@@ -1,0 +1,90 @@
+"""Batch: S3 ``jobs/input/*.jsonl`` events → SQS → splitter → SQS chunks → workers, each queue with a DLQ."""
+from __future__ import annotations
+
+from aws_cdk import Duration, Stack
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_event_sources as sources
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_s3_notifications as s3n
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.resources import RESOURCES
+from infra.settings import StageSettings
+
+# AWS guidance for SQS-triggered Lambdas: visibility >= 6x the function timeout, so a message is not
+# redelivered while a slow (retried, throttled) invocation still holds it.
+VISIBILITY_FACTOR = 6
+
+
+class Batch(Construct):
+    """The queues of ``RESOURCES.queues`` (KMS, SSL-only, DLQ after ``max_receive_count``)."""
+
+    def __init__(self, scope: Construct, id: str, *, stage: StageSettings, key: kms.IKey) -> None:
+        super().__init__(scope, id)
+        self.stage = stage
+        self.queues: dict[str, sqs.Queue] = {}
+        self.dlqs: dict[str, sqs.Queue] = {}
+        for spec in RESOURCES.queues:
+            if spec.consumer is None:
+                raise ValueError(f"queue {spec.id} has no consumer in infra.resources")
+            timeout = getattr(stage.functions, spec.consumer).timeout_s
+            dlq = sqs.Queue(self, f"{spec.id}Dlq", encryption=sqs.QueueEncryption.KMS,
+                            encryption_master_key=key, enforce_ssl=True,
+                            retention_period=Duration.days(14))
+            self.queues[spec.id] = sqs.Queue(
+                self, spec.id,
+                encryption=sqs.QueueEncryption.KMS,
+                encryption_master_key=key,
+                data_key_reuse=Duration.hours(1),   # fewer KMS calls per message
+                enforce_ssl=True,
+                visibility_timeout=Duration.seconds(VISIBILITY_FACTOR * timeout),
+                retention_period=Duration.days(4),
+                dead_letter_queue=sqs.DeadLetterQueue(queue=dlq, max_receive_count=spec.max_receive_count),
+            )
+            self.dlqs[spec.id] = dlq
+            acknowledge(dlq, id="Serverless-SQSRedrivePolicy",
+                        reason="This is the dead-letter queue itself; its messages are terminal and alarmed on.")
+
+    def connect(self, *, data_bucket: s3.Bucket, consumers: dict[str, lambda_.IFunction]) -> None:
+        """Send new ``jobs/input/*.jsonl`` objects to JobEvents; feed each queue to its consumer."""
+        events = self.queues["JobEvents"]
+        # S3 must be allowed to send to the queue (queue policy, scoped to this bucket) and to use the
+        # queue's key. CDK's SqsDestination would write the bucket ARN into the KEY policy, and the
+        # bucket already references the key: a circular dependency CloudFormation cannot deploy. So
+        # the destination gets a key-less reference, the queue policy is written here, and the key
+        # admits S3 for this account (Encryption.allow_s3_notifications).
+        events.add_to_resource_policy(iam.PolicyStatement(
+            sid="AllowS3JobInputEvents",
+            principals=[iam.ServicePrincipal("s3.amazonaws.com")],
+            actions=["sqs:SendMessage", "sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+            resources=[events.queue_arn],
+            conditions={"ArnLike": {"aws:SourceArn": data_bucket.bucket_arn}}))
+        keyless = sqs.Queue.from_queue_attributes(self, "JobEventsTarget", queue_arn=events.queue_arn,
+                                                  queue_url=events.queue_url)
+        data_bucket.add_event_notification(
+            s3.EventType.OBJECT_CREATED, s3n.SqsDestination(keyless),
+            s3.NotificationKeyFilter(prefix=RESOURCES.jobs_input_prefix, suffix=".jsonl"))
+        # S3 checks the destination's permissions when the notification is set: policy first.
+        data_bucket.node.find_child("Notifications").node.add_dependency(events.node.find_child("Policy"))
+        stack = Stack.of(self)
+        for child in stack.node.children:
+            if child.node.id.startswith("BucketNotificationsHandler"):
+                acknowledge(child, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
+                            reason="CDK's deploy-time handler that sets the bucket notification; runs only during deployment.")
+        for spec in RESOURCES.queues:
+            fn = consumers[spec.consumer]
+            fn.add_event_source(sources.SqsEventSource(
+                self.queues[spec.id],
+                batch_size=self.stage.functions.sqs_batch_size,
+                # Only failed messages return to the queue; the rest of the batch is not redone.
+                report_batch_item_failures=True,
+            ))
+            for child in fn.node.children:
+                if child.node.id.startswith("SqsEventSource:"):
+                    acknowledge(child, id="Serverless-LambdaEventSourceMappingDestination",
+                                reason="SQS event sources take no on-failure destination; failed messages go "
+                                       f"to the queue's DLQ after {spec.max_receive_count} receives.")

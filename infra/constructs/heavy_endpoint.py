@@ -1,0 +1,232 @@
+"""HeavyEndpoint: an LLM container (HF TGI or DJL-LMI) on a GPU SageMaker endpoint, autoscaled, idle at zero."""
+from __future__ import annotations
+
+from aws_cdk import CfnMapping, Duration, Stack
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_sagemaker as sagemaker
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.settings import HeavyEndpointSettings
+
+# Container images (AWS Deep Learning Containers). Repository + tag per image kind; the registry
+# account per region is the table of the SageMaker Python SDK (image_uri_config/huggingface-llm.json,
+# djl-lmi.json). Regions not listed: set heavy.image_uri in cdk.json.
+IMAGES = {
+    "tgi": "huggingface-pytorch-tgi-inference:2.4.0-tgi3.0.1-gpu-py311-cu124-ubuntu22.04-v2.0",
+    "djl-lmi": "djl-inference:0.31.0-lmi13.0.0-cu124",
+}
+DLC_ACCOUNTS = {
+    "us-east-1": "763104351884", "us-east-2": "763104351884", "us-west-1": "763104351884",
+    "us-west-2": "763104351884", "ca-central-1": "763104351884", "sa-east-1": "763104351884",
+    "eu-west-1": "763104351884", "eu-west-2": "763104351884", "eu-west-3": "763104351884",
+    "eu-central-1": "763104351884", "eu-north-1": "763104351884", "ap-south-1": "763104351884",
+    "ap-northeast-1": "763104351884", "ap-northeast-2": "763104351884", "ap-northeast-3": "763104351884",
+    "ap-southeast-1": "763104351884", "ap-southeast-2": "763104351884",
+    "af-south-1": "626614931356", "ap-east-1": "871362719292", "eu-south-1": "692866216735",
+    "me-south-1": "217643126080", "ap-southeast-3": "907027046896", "me-central-1": "914824155844",
+    "il-central-1": "780543022126", "eu-central-2": "380420809688", "eu-south-2": "503227376785",
+    "ap-south-2": "772153158452", "ap-southeast-4": "457447274322", "ca-west-1": "204538143572",
+}
+# Nitro instances with local NVMe storage encrypt it in hardware, and CreateEndpointConfig FAILS
+# when a KmsKeyId is given for them (AWS API reference). Only EBS-backed families take our key.
+LOCAL_STORAGE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e")
+# GPU memory per instance (MiB) that one model copy may reserve (inference components need a number).
+COPY_MEMORY_MB = 12_288
+VARIANT = "AllTraffic"
+
+
+def takes_kms_key(instance_type: str) -> bool:
+    return instance_type.split(".")[1] not in LOCAL_STORAGE_FAMILIES
+
+
+class HeavyEndpoint(Construct):
+    """GPU endpoint for generation with a least-privilege execution role.
+
+    ``scale_to_zero`` (default): an endpoint with managed instance scaling (min 0 instances) and one
+    inference component whose copy count scales 0..max; a request while at zero fails fast with
+    ``NoCapacityInvocationFailures``, which an alarm turns into "add one copy" (cold start: minutes).
+    Otherwise: a classic variant with ``min_capacity`` >= 1 instances and target tracking.
+    """
+
+    def __init__(self, scope: Construct, id: str, *, stage_name: str, settings: HeavyEndpointSettings,
+                 key: kms.IKey, artifacts: s3.IBucket) -> None:
+        super().__init__(scope, id)
+        stack = Stack.of(self)
+        self.settings = settings
+        self.endpoint_name = f"cirrus-{stage_name}-heavy"
+        self.inference_component_name = f"{self.endpoint_name}-llm" if settings.scale_to_zero else None
+        self.kms_encrypted = takes_kms_key(settings.instance_type)
+
+        self.role = iam.Role(self, "ExecutionRole", assumed_by=iam.ServicePrincipal("sagemaker.amazonaws.com"),
+                             description="Cirrus heavy endpoint: pull the image, write logs/metrics, read the model")
+        image, registry, repo_name = self._image(settings)
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"],
+            resources=[f"arn:{stack.partition}:ecr:{stack.region}:{registry}:repository/{repo_name}"]))
+        self.role.add_to_policy(iam.PolicyStatement(actions=["ecr:GetAuthorizationToken"], resources=["*"]))
+        log_arn = f"arn:{stack.partition}:logs:{stack.region}:{stack.account}:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}"
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogGroup", "logs:DescribeLogStreams"], resources=[f"{log_arn}:*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["logs:CreateLogStream", "logs:PutLogEvents"], resources=[f"{log_arn}:log-stream:*"]))
+        self.role.add_to_policy(iam.PolicyStatement(
+            actions=["cloudwatch:PutMetricData"], resources=["*"],
+            conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker*"]}}))
+        key.grant_encrypt_decrypt(self.role)
+        env = {"HF_MODEL_ID": settings.model_id, "SM_NUM_GPUS": str(settings.num_gpus),
+               "MESSAGES_API_ENABLED": "true", "MAX_INPUT_TOKENS": "3072", "MAX_TOTAL_TOKENS": "4096"}
+        if settings.image == "djl-lmi":
+            env = {"HF_MODEL_ID": settings.model_id, "OPTION_ROLLING_BATCH": "lmi-dist",
+                   "TENSOR_PARALLEL_DEGREE": str(settings.num_gpus), "OPTION_MAX_MODEL_LEN": "4096"}
+        model_data = None
+        if settings.model_s3_prefix:
+            artifacts.grant_read(self.role, f"{settings.model_s3_prefix.rstrip('/')}/*")
+            env["HF_MODEL_ID"] = "/opt/ml/model"
+            model_data = sagemaker.CfnModel.ModelDataSourceProperty(
+                s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
+                    s3_uri=f"s3://{artifacts.bucket_name}/{settings.model_s3_prefix.rstrip('/')}/",
+                    s3_data_type="S3Prefix", compression_type="None"))
+        self.model = sagemaker.CfnModel(
+            self, "Model", execution_role_arn=self.role.role_arn,
+            primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
+                image=image, environment=env, model_data_source=model_data))
+        self.model.node.add_dependency(self.role)
+
+        variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
+            variant_name=VARIANT,
+            instance_type=settings.instance_type,
+            initial_instance_count=max(settings.min_capacity, 1),
+            container_startup_health_check_timeout_in_seconds=settings.startup_health_check_timeout_s,
+            model_data_download_timeout_in_seconds=settings.startup_health_check_timeout_s,
+            model_name=None if settings.scale_to_zero else self.model.attr_model_name,
+            managed_instance_scaling=sagemaker.CfnEndpointConfig.ManagedInstanceScalingProperty(
+                status="ENABLED", min_instance_count=settings.min_capacity,
+                max_instance_count=settings.max_capacity) if settings.scale_to_zero else None,
+            routing_config=sagemaker.CfnEndpointConfig.RoutingConfigProperty(
+                routing_strategy="LEAST_OUTSTANDING_REQUESTS") if settings.scale_to_zero else None,
+        )
+        self.endpoint_config = sagemaker.CfnEndpointConfig(
+            self, "EndpointConfig",
+            production_variants=[variant],
+            kms_key_id=key.key_arn if self.kms_encrypted else None,
+            execution_role_arn=self.role.role_arn if settings.scale_to_zero else None,
+        )
+        if not self.kms_encrypted:
+            acknowledge(self.endpoint_config, id="AwsSolutions-SM2",
+                reason=f"{settings.instance_type} has NVMe instance storage, encrypted in hardware; "
+                       "SageMaker rejects a KmsKeyId for such instances.")
+        self.endpoint = sagemaker.CfnEndpoint(
+            self, "Endpoint", endpoint_name=self.endpoint_name,
+            endpoint_config_name=self.endpoint_config.attr_endpoint_config_name)
+        self.endpoint_arn = f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:endpoint/{self.endpoint_name}"
+        acknowledge(self.role, id="AwsSolutions-IAM5[Resource::*]",
+            reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (namespace-conditioned) have no resource ARNs.")
+        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}:*]",
+            reason="SageMaker names the endpoint's log streams itself; scoped to this endpoint's group.")
+        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}:log-stream:*]",
+            reason="SageMaker names the endpoint's log streams itself; scoped to this endpoint's group.")
+        for action in ("Action::kms:GenerateDataKey*", "Action::kms:ReEncrypt*"):
+            acknowledge(self.role, id=f"AwsSolutions-IAM5[{action}]",
+                reason="CDK's grant_encrypt_decrypt on the one Cirrus key; the wildcard covers the data-key variants.")
+
+        if settings.scale_to_zero:
+            self._inference_component(settings)
+        else:
+            self._variant_autoscaling(settings)
+
+    def _image(self, settings: HeavyEndpointSettings) -> tuple[str, str, str]:
+        """(image URI, registry account, repository name); the account is a per-region mapping."""
+        if settings.image_uri:
+            host, _, path = settings.image_uri.partition("/")
+            return settings.image_uri, host.split(".", 1)[0], path.split(":", 1)[0]
+        stack = Stack.of(self)
+        mapping = CfnMapping(self, "DlcAccounts", mapping={r: {"account": a} for r, a in DLC_ACCOUNTS.items()})
+        account = mapping.find_in_map(stack.region, "account")
+        image = IMAGES[settings.image]
+        return f"{account}.dkr.ecr.{stack.region}.{stack.url_suffix}/{image}", account, image.split(":", 1)[0]
+
+    def _inference_component(self, settings: HeavyEndpointSettings) -> None:
+        self.inference_component = sagemaker.CfnInferenceComponent(
+            self, "InferenceComponent",
+            inference_component_name=self.inference_component_name,
+            endpoint_name=self.endpoint.attr_endpoint_name,
+            variant_name=VARIANT,
+            specification=sagemaker.CfnInferenceComponent.InferenceComponentSpecificationProperty(
+                model_name=self.model.attr_model_name,
+                compute_resource_requirements=sagemaker.CfnInferenceComponent.InferenceComponentComputeResourceRequirementsProperty(
+                    number_of_accelerator_devices_required=settings.num_gpus,
+                    min_memory_required_in_mb=COPY_MEMORY_MB),
+                startup_parameters=sagemaker.CfnInferenceComponent.InferenceComponentStartupParametersProperty(
+                    container_startup_health_check_timeout_in_seconds=settings.startup_health_check_timeout_s,
+                    model_data_download_timeout_in_seconds=settings.startup_health_check_timeout_s)),
+            runtime_config=sagemaker.CfnInferenceComponent.InferenceComponentRuntimeConfigProperty(
+                copy_count=max(settings.min_capacity, 1)),
+        )
+        target = appscaling.ScalableTarget(
+            self, "CopyScaling",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"inference-component/{self.inference_component_name}",
+            scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+            min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
+            role=self._autoscaling_role())
+        target.node.add_dependency(self.inference_component)
+        target.scale_to_track_metric(
+            "InvocationsPerCopy",
+            target_value=settings.target_invocations_per_copy,
+            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
+            scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
+            scale_out_cooldown=Duration.seconds(60))
+        # Target tracking cannot leave 0 copies (no invocations reach a copy to be counted):
+        # requests that found no capacity trigger one step up.
+        target.scale_on_metric(
+            "ScaleOutFromZero",
+            metric=cloudwatch.Metric(
+                namespace="AWS/SageMaker", metric_name="NoCapacityInvocationFailures",
+                dimensions_map={"InferenceComponentName": self.inference_component_name},
+                statistic="Maximum", period=Duration.minutes(1)),
+            scaling_steps=[appscaling.ScalingInterval(upper=1, change=0),
+                           appscaling.ScalingInterval(lower=1, change=1)],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            evaluation_periods=1, cooldown=Duration.seconds(60))
+
+    def _variant_autoscaling(self, settings: HeavyEndpointSettings) -> None:
+        target = appscaling.ScalableTarget(
+            self, "InstanceScaling",
+            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+            resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT}",
+            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
+            role=self._autoscaling_role())
+        target.node.add_dependency(self.endpoint)
+        target.scale_to_track_metric(
+            "InvocationsPerInstance",
+            target_value=settings.target_invocations_per_copy,
+            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
+            scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
+            scale_out_cooldown=Duration.seconds(60))
+
+    def _autoscaling_role(self) -> iam.IRole:
+        # The service-linked role Application Auto Scaling creates itself: no custom policy to widen.
+        stack = Stack.of(self)
+        return iam.Role.from_role_arn(
+            self, "AutoScalingRole",
+            f"arn:{stack.partition}:iam::{stack.account}:role/aws-service-role/"
+            "sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+            mutable=False)
+
+    def grant_invoke(self, grantee: iam.IGrantable) -> None:
+        """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it)."""
+        iam.Grant.add_to_principal(
+            grantee=grantee, actions=["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
+            resource_arns=[self.endpoint_arn])
+
+    def invocation_metric(self, name: str, statistic: str = "Sum") -> cloudwatch.Metric:
+        dims = ({"InferenceComponentName": self.inference_component_name} if self.inference_component_name
+                else {"EndpointName": self.endpoint_name, "VariantName": VARIANT})
+        return cloudwatch.Metric(namespace="AWS/SageMaker", metric_name=name, dimensions_map=dims,
+                                 statistic=statistic, period=Duration.minutes(5))

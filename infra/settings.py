@@ -1,0 +1,224 @@
+"""Typed stage settings (dev, prod, ...) read from cdk.json context and validated with clear messages.
+
+Pure pydantic, no aws_cdk import: the asset builder (infra.assets) and the local emulation (local/)
+read the same settings without loading the CDK.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CDK_JSON = REPO_ROOT / "cdk.json"
+STAGES_CONTEXT_KEY = "cirrus:stages"
+STAGE_CONTEXT_KEY = "stage"
+
+# The values CloudWatch Logs accepts for a retention period (days).
+LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827,
+                      2192, 2557, 2922, 3288, 3653)
+# SageMaker instance families with an NVIDIA GPU that TGI / DJL-LMI images run on.
+GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+
+
+class StageSettingsError(ValueError):
+    """A stage in cdk.json is missing or has a bad value; the message names stage, field and value."""
+
+
+class _Strict(BaseModel):
+    # Unknown keys are typos in cdk.json; fail instead of silently ignoring them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LambdaSettings(_Strict):
+    memory_mb: int = Field(1024, ge=128, le=10240)
+    timeout_s: int = Field(30, ge=1, le=900)
+    # None: unreserved. 0 would disable the function, so it is rejected.
+    reserved_concurrency: int | None = Field(None, ge=1)
+
+
+class FunctionsSettings(_Strict):
+    api: LambdaSettings = LambdaSettings(memory_mb=2048, timeout_s=29)
+    authorizer: LambdaSettings = LambdaSettings(memory_mb=256, timeout_s=10)
+    batch_splitter: LambdaSettings = LambdaSettings(memory_mb=512, timeout_s=120)
+    batch_worker: LambdaSettings = LambdaSettings(memory_mb=3008, timeout_s=300)
+    # SQS event source batch size for the batch functions (1-10 for standard queues w/o a window).
+    sqs_batch_size: int = Field(5, ge=1, le=10)
+
+
+class ApiSettings(_Strict):
+    throttle_rate_limit: float = Field(50.0, gt=0, le=10_000)   # steady requests/s per stage
+    throttle_burst_limit: int = Field(100, ge=1, le=5_000)
+    waf: bool = False
+    waf_rate_limit: int = Field(2000, ge=10, le=2_000_000_000)  # requests per 5 min per client IP
+
+
+class HeavyEndpointSettings(_Strict):
+    enabled: bool = False
+    instance_type: str = "ml.g5.xlarge"
+    # "tgi": Hugging Face TGI DLC; "djl-lmi": AWS DJL Large Model Inference DLC. image_uri overrides.
+    image: Literal["tgi", "djl-lmi"] = "tgi"
+    image_uri: str | None = None
+    model_id: str = "Qwen/Qwen2.5-1.5B-Instruct"   # hub id the container downloads at start
+    model_s3_prefix: str | None = None               # or: a prefix in the artifacts bucket (uncompressed)
+    served_model: str = "qwen2.5-1.5b-instruct"      # the `model` clients ask for; routed to this endpoint
+    num_gpus: int = Field(1, ge=1, le=8)
+    min_capacity: int = Field(0, ge=0, le=100)
+    max_capacity: int = Field(1, ge=1, le=100)
+    # True: an inference component that scales to 0 copies when idle (no GPU bill, cold start on
+    # the first request). False: a classic endpoint with min_capacity >= 1 instances always on.
+    scale_to_zero: bool = True
+    target_invocations_per_copy: int = Field(4, ge=1, le=10_000)  # per minute, target tracking
+    scale_in_cooldown_s: int = Field(600, ge=0, le=86_400)
+    startup_health_check_timeout_s: int = Field(900, ge=60, le=3600)
+
+    @field_validator("instance_type")
+    @classmethod
+    def _gpu_instance(cls, v: str) -> str:
+        m = re.fullmatch(r"ml\.([a-z0-9]+)\.[a-z0-9]+", v)
+        if not m:
+            raise ValueError(f"instance_type must look like 'ml.g5.xlarge', got {v!r}")
+        if m.group(1) not in GPU_FAMILIES:
+            raise ValueError(f"instance_type {v!r} has no GPU; use one of the families {', '.join(GPU_FAMILIES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _capacity(self) -> "HeavyEndpointSettings":
+        if self.min_capacity > self.max_capacity:
+            raise ValueError(f"min_capacity ({self.min_capacity}) exceeds max_capacity ({self.max_capacity})")
+        if self.min_capacity == 0 and not self.scale_to_zero:
+            raise ValueError("min_capacity 0 needs scale_to_zero: true (a classic endpoint keeps >= 1 instance)")
+        if self.model_s3_prefix is not None and not self.model_s3_prefix.startswith("models/"):
+            raise ValueError("model_s3_prefix must be under 'models/' in the artifacts bucket")
+        return self
+
+
+class StageSettings(_Strict):
+    name: str
+    account: str | None = None   # None: the account of the credentials running `cdk deploy`
+    region: str | None = None
+    architecture: Literal["x86_64", "arm64"] = "x86_64"
+    # python3.12 runs on Amazon Linux 2023 (glibc 2.34); python3.11 runs on Amazon Linux 2 (glibc
+    # 2.26), which cannot load the manylinux_2_28 onnxruntime/numpy wheels the assets need.
+    python_version: Literal["3.12", "3.13"] = "3.12"
+    removal_policy: Literal["destroy", "retain"] = "destroy"
+    log_retention_days: int = 30
+    models: tuple[str, ...] = ("all-minilm-l6-v2", "cirrus-intent-minilm", "cirrus-tiny-gpt2")
+    default_embedding_model: str = "all-minilm-l6-v2"
+    # Upload .cache/bundles/<model>/ at deploy. False: the bucket starts empty (publish with
+    # `python -m model_export publish`); tests synth without built bundles this way.
+    upload_bundles: bool = True
+    bundles_dir: str = ".cache/bundles"
+    alarm_email: str | None = None
+    functions: FunctionsSettings = FunctionsSettings()
+    api: ApiSettings = ApiSettings()
+    heavy: HeavyEndpointSettings = HeavyEndpointSettings()
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _stage_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9-]{0,15}", v):
+            raise ValueError(f"stage name must be lowercase letters/digits/dashes (<= 16), got {v!r}")
+        return v
+
+    @field_validator("account")
+    @classmethod
+    def _account(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"\d{12}", v):
+            raise ValueError(f"account must be 12 digits, got {v!r}")
+        return v
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[a-z]{2}(-gov)?-[a-z]+-\d", v):
+            raise ValueError(f"region must look like 'eu-west-1', got {v!r}")
+        return v
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in LOG_RETENTION_DAYS:
+            raise ValueError(f"log_retention_days must be one of {LOG_RETENTION_DAYS}, got {v}")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [m for m in v if not _NAME.fullmatch(m)]
+        if bad:
+            raise ValueError(f"model names must be lowercase [a-z0-9.-], got {bad}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"models are listed twice: {sorted(m for m in set(v) if v.count(m) > 1)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "StageSettings":
+        f = self.functions
+        # API Gateway REST integrations give up at 29 s; a longer Lambda timeout only hides that.
+        if f.api.timeout_s > 29:
+            raise ValueError(f"functions.api.timeout_s must be <= 29 (API Gateway limit), got {f.api.timeout_s}")
+        if f.authorizer.timeout_s > 29:
+            raise ValueError(f"functions.authorizer.timeout_s must be <= 29, got {f.authorizer.timeout_s}")
+        if self.models and self.default_embedding_model not in self.models:
+            raise ValueError(f"default_embedding_model {self.default_embedding_model!r} is not in models {list(self.models)}")
+        if self.heavy.enabled and self.heavy.served_model in self.models:
+            raise ValueError(f"heavy.served_model {self.heavy.served_model!r} clashes with a Lambda-served model")
+        return self
+
+    @property
+    def destroy_on_delete(self) -> bool:
+        return self.removal_policy == "destroy"
+
+    @property
+    def stack_name(self) -> str:
+        return f"Cirrus-{self.name}"
+
+
+def _format(stage: str, exc: ValidationError) -> str:
+    lines = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(stage)"
+        got = e.get("input")
+        shown = "" if isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {e['msg']}{shown}")
+    return f"invalid settings for stage {stage!r} in cdk.json context {STAGES_CONTEXT_KEY!r}:\n" + "\n".join(lines)
+
+
+def parse_stage(stages: dict, name: str) -> StageSettings:
+    """Validate one stage from the ``cirrus:stages`` context object; raise StageSettingsError."""
+    if not isinstance(stages, dict) or not stages:
+        raise StageSettingsError(f"cdk.json context has no {STAGES_CONTEXT_KEY!r} object with stages")
+    if name not in stages:
+        raise StageSettingsError(f"unknown stage {name!r}; cdk.json defines: {', '.join(sorted(stages))}")
+    raw = stages[name]
+    if not isinstance(raw, dict):
+        raise StageSettingsError(f"stage {name!r} must be an object, got {type(raw).__name__}")
+    try:
+        return StageSettings(name=name, **raw)
+    except ValidationError as exc:
+        raise StageSettingsError(_format(name, exc)) from None
+    except TypeError as exc:  # e.g. a "name" key inside the stage object
+        raise StageSettingsError(f"stage {name!r}: {exc}") from None
+
+
+def read_context(cdk_json: Path = CDK_JSON) -> dict:
+    return json.loads(cdk_json.read_text()).get("context", {})
+
+
+def load_stage(name: str | None = None, *, context: dict | None = None) -> StageSettings:
+    """The settings of stage ``name`` (default: the context's ``stage``, else ``dev``) from cdk.json."""
+    context = read_context() if context is None else context
+    name = name or context.get(STAGE_CONTEXT_KEY) or "dev"
+    return parse_stage(context.get(STAGES_CONTEXT_KEY, {}), name)
+
+
+def all_stages(context: dict | None = None) -> dict[str, StageSettings]:
+    context = read_context() if context is None else context
+    stages = context.get(STAGES_CONTEXT_KEY, {})
+    return {n: parse_stage(stages, n) for n in stages}

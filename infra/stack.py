@@ -1,0 +1,153 @@
+"""The Cirrus stack: composes the constructs and grants each function exactly what it uses."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import CfnOutput, Stack, Tags
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_s3 as s3
+from constructs import Construct
+
+from infra.constructs import acknowledge
+from infra.constructs.api import Api
+from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload
+from infra.constructs.batch import Batch
+from infra.constructs.encryption import Encryption
+from infra.constructs.functions import Functions, runtime_env
+from infra.constructs.heavy_endpoint import HeavyEndpoint
+from infra.constructs.monitoring import Monitoring
+from infra.constructs.tables import Tables
+from infra.resources import RESOURCES
+from infra.settings import StageSettings
+
+# Which Settings fields (functions/core/settings.py) each function receives. Names only.
+FUNCTION_ENV = {
+    "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "jobs_table", "data_bucket",
+            "heavy_endpoint_name", "heavy_models", "heavy_inference_component"),
+    "authorizer": ("stage", "api_keys_table"),
+    "batch_splitter": ("stage", "models", "data_bucket", "jobs_table", "idempotency_table", "work_queue_url"),
+    "batch_worker": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
+                     "jobs_table", "idempotency_table"),
+}
+
+
+class CirrusStack(Stack):
+    def __init__(self, scope: Construct, id: str, *, stage: StageSettings, assets: dict[str, Path],
+                 bundles: list[Bundle], **kwargs) -> None:
+        super().__init__(scope, id, description=f"Cirrus serverless transformer inference ({stage.name})", **kwargs)
+        self._acked: dict[str, set[str]] = {}
+        retain = stage.removal_policy == "retain"
+        Tags.of(self).add("project", "cirrus")
+        Tags.of(self).add("stage", stage.name)
+        for k, v in stage.tags.items():
+            Tags.of(self).add(k, v)
+
+        encryption = Encryption(self, "Encryption", stage_name=stage.name, retain=retain)
+        key = encryption.key
+        storage = Artifacts(self, "Storage", key=key, retain=retain, log_retention_days=stage.log_retention_days)
+        tables = Tables(self, "Tables", key=key, retain=retain)
+        batch = Batch(self, "Batch", stage=stage, key=key)
+        heavy = (HeavyEndpoint(self, "Heavy", stage_name=stage.name, settings=stage.heavy, key=key,
+                               artifacts=storage.artifacts) if stage.heavy.enabled else None)
+
+        # Resource names reach the runtime through the Settings field each spec names.
+        values: dict[str, object] = {"stage": stage.name, "models": list(stage.models),
+                                     "default_embedding_model": stage.default_embedding_model}
+        values |= {b.env: storage.buckets[b.id].bucket_name for b in RESOURCES.buckets}
+        values |= {t.env: tables[t.id].table_name for t in RESOURCES.tables}
+        values |= {q.env: batch.queues[q.id].queue_url for q in RESOURCES.queues if q.env}
+        if heavy is not None:
+            values |= {"heavy_endpoint_name": heavy.endpoint_name, "heavy_models": [stage.heavy.served_model],
+                       "heavy_inference_component": heavy.inference_component_name}
+        env = {fn: runtime_env(**{f: values.get(f) for f in fields}) for fn, fields in FUNCTION_ENV.items()}
+        fns = Functions(self, "Functions", stage=stage, assets=assets, key=key, env=env)
+
+        # --- grants: each function gets the prefixes and tables it touches, nothing more ---
+        artifacts, data = storage.artifacts, storage.data
+        models = RESOURCES.models_prefix
+        jobs_in, jobs_work, jobs_out = RESOURCES.jobs_input_prefix, RESOURCES.jobs_work_prefix, RESOURCES.jobs_output_prefix
+        api, authorizer, splitter, worker = (fns[n] for n in ("api", "authorizer", "batch_splitter", "batch_worker"))
+        self._grant_s3(api, artifacts, models, "read")
+        self._grant_s3(api, data, jobs_in, "put")         # presigned upload URLs for new jobs
+        self._grant_s3(api, data, jobs_out, "read")       # presigned result URLs
+        self._grant_table(api, tables["Jobs"], "read_write")
+        if heavy is not None:
+            heavy.grant_invoke(api)
+        self._grant_table(authorizer, tables["ApiKeys"], "read")
+        self._grant_s3(splitter, data, jobs_in, "read")
+        self._grant_s3(splitter, data, jobs_out, "put")   # a job that fails whole writes its errors here
+        self._grant_table(splitter, tables["Jobs"], "read_write")
+        self._grant_table(splitter, tables["Idempotency"], "read_write")
+        batch.queues["Work"].grant_send_messages(splitter)
+        self._grant_s3(worker, artifacts, models, "read")
+        self._grant_s3(worker, data, jobs_in, "read")     # each chunk reads its byte range of the input
+        self._grant_s3(worker, data, jobs_work, "read_write")
+        self._grant_s3(worker, data, jobs_out, "read_write")
+        self._grant_table(worker, tables["Jobs"], "read_write")
+        self._grant_table(worker, tables["Idempotency"], "read_write")
+        batch.connect(data_bucket=data, consumers={n: fns[n] for n in ("batch_splitter", "batch_worker")})
+        encryption.allow_s3_notifications()
+
+        self.api = Api(self, "Api", stage=stage, key=key, handler=api, authorizer=authorizer)
+        if bundles:
+            BundleUpload(self, "Bundles", bucket=artifacts, key=key, bundles=bundles)
+        monitoring = Monitoring(self, "Monitoring", stage_name=stage.name, key=key, api=self.api.rest_api,
+                                functions=fns.functions, dlqs=batch.dlqs, heavy=heavy,
+                                alarm_email=stage.alarm_email)
+        # Alarms publish to the encrypted topic as the CloudWatch service itself.
+        encryption.allow_service("cloudwatch.amazonaws.com")
+
+        CfnOutput(self, "ApiUrl", value=self.api.url)
+        CfnOutput(self, "ArtifactsBucket", value=artifacts.bucket_name)
+        CfnOutput(self, "DataBucket", value=data.bucket_name)
+        CfnOutput(self, "ApiKeysTable", value=tables["ApiKeys"].table_name)
+        CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
+        if heavy is not None:
+            CfnOutput(self, "HeavyEndpointName", value=heavy.endpoint_name)
+
+    # --- grants with their cdk-nag acknowledgements, derived from the grant itself ---------------
+    def _lid(self, cfn_parent) -> str:
+        return self.resolve(self.get_logical_id(cfn_parent.node.default_child))
+
+    def _grant_s3(self, fn: lambda_.Function, bucket: s3.Bucket, prefix: str, mode: str) -> None:
+        {"read": bucket.grant_read, "put": bucket.grant_put, "read_write": bucket.grant_read_write}[mode](fn, f"{prefix}*")
+        findings = {f"Resource::<{self._lid(bucket)}.Arn>/{prefix}*":
+                    f"S3 access limited to the {prefix} prefix of this bucket."}
+        for action in _S3_GRANT_WILDCARDS[mode]:
+            findings[f"Action::{action}"] = _WILDCARD_REASONS[action]
+        self._acknowledge(fn, findings)
+
+    def _grant_table(self, fn: lambda_.Function, table: dynamodb.Table, mode: str) -> None:
+        {"read": table.grant_read_data, "read_write": table.grant_read_write_data}[mode](fn)
+        findings = {}
+        if table.node.default_child.global_secondary_indexes:
+            findings[f"Resource::<{self._lid(table)}.Arn>/index/*"] = "Queries on this table's own indexes."
+        if mode == "read_write":
+            for action in ("kms:GenerateDataKey*", "kms:ReEncrypt*"):
+                findings[f"Action::{action}"] = _WILDCARD_REASONS[action]
+        self._acknowledge(fn, findings)
+
+    def _acknowledge(self, fn: lambda_.Function, findings: dict[str, str]) -> None:
+        done = self._acked.setdefault(fn.node.path, set())
+        for finding, reason in findings.items():
+            if finding not in done:
+                done.add(finding)
+                acknowledge(fn.role, id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
+
+
+_S3_GRANT_WILDCARDS = {
+    "read": ("s3:GetObject*", "s3:GetBucket*", "s3:List*"),
+    "put": ("s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
+    "read_write": ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*",
+                   "kms:GenerateDataKey*", "kms:ReEncrypt*"),
+}
+_WILDCARD_REASONS = {
+    "s3:GetObject*": "CDK grant_read: GetObject and its version/tagging/ACL reads, on a scoped prefix.",
+    "s3:GetBucket*": "CDK grant_read: bucket metadata reads needed by the SDK, this bucket only.",
+    "s3:List*": "CDK grant_read: listing this bucket (prefix-scoped by the object ARNs).",
+    "s3:DeleteObject*": "CDK grant_read_write: overwrite/cleanup of intermediate chunk objects, scoped prefix.",
+    "s3:Abort*": "CDK grant_put: abort this function's own multipart uploads, scoped prefix.",
+    "kms:GenerateDataKey*": "Data keys of the one Cirrus KMS key, for SSE-KMS writes (only that key).",
+    "kms:ReEncrypt*": "CDK encrypt grant on the one Cirrus KMS key (only that key).",
+}
