@@ -67,9 +67,11 @@ class Pipeline:
         return self.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=n,
                                         AttributeNames=["All"]).get("Messages", [])
 
-    def deliver(self, queue: QueueInfo, handler: Callable, messages: list[dict[str, Any]]) -> set[str]:
+    def deliver(self, queue: QueueInfo, handler: Callable, messages: list[dict[str, Any]], *,
+                dlq: bool = False) -> set[str]:
         """Invoke ``handler`` with one SQS event; delete the successes as Lambda does. Failed ids back."""
-        records = [sqs_record(m, queue.arn) for m in messages]
+        url, arn = (queue.dlq_url, queue.dlq_arn) if dlq else (queue.url, queue.arn)
+        records = [sqs_record(m, arn) for m in messages]
         try:
             result = handler({"Records": records}, FakeContext())
         except Exception:
@@ -77,13 +79,22 @@ class Pipeline:
         failed = failed_ids(result, records)
         for m in messages:
             if m["MessageId"] not in failed:
-                self.sqs.delete_message(QueueUrl=queue.url, ReceiptHandle=m["ReceiptHandle"])
+                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            else:
+                # Stand-in for waiting out the visibility timeout: the failed message is due again now.
+                self.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"],
+                                                   VisibilityTimeout=0)
         return failed
 
-    def step(self, batch: int = 10) -> int:
+    def split(self) -> int:
+        """One poll of the JobEvents queue only (chunk messages stay queued)."""
+        return self.step(work=False)
+
+    def step(self, batch: int = 10, *, work: bool = True) -> int:
         """One poll of each queue (splitter first). Returns how many messages were received."""
         seen = 0
-        for queue, handler in ((self.events, batch_splitter.handler), (self.work, batch_worker.handler)):
+        pairs = [(self.events, batch_splitter.handler)] + ([(self.work, batch_worker.handler)] if work else [])
+        for queue, handler in pairs:
             messages = self.receive(queue.url, batch)
             if messages:
                 seen += len(messages)
@@ -106,13 +117,13 @@ class Pipeline:
 
 
 def dlq_deliver(p: Pipeline, queue: QueueInfo) -> set[str]:
-    return p.deliver(queue, batch_dlq.handler, p.dead_letters(queue))
+    return p.deliver(queue, batch_dlq.handler, p.dead_letters(queue), dlq=True)
 
 
 @pytest.fixture
 def pipeline(aws, env, local_store, bundles_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
     """Stores on moto, settings pointing at them, the session's loaded models; small chunks."""
-    made = provision(None, LocalConfig(stage="unit", visibility_timeout_s=0))
+    made = provision(None, LocalConfig(stage="unit", visibility_timeout_s=60))
     env(model_dir=str(bundles_dir), data_bucket=made.buckets["Data"], jobs_table=made.tables["Jobs"],
         work_queue_url=made.queues["Work"].url, batch_chunk_lines=100,
         max_receive_count=made.queues["Work"].max_receive_count)

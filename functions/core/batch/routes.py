@@ -80,10 +80,8 @@ def create_job() -> Response:
     if req.inputs is not None and len(req.inputs) > settings.batch_max_lines:
         raise PayloadTooLarge(f"too many inputs: {len(req.inputs)} > {settings.batch_max_lines}",
                               param="inputs", code="too_many_inputs")
-    if req.model is not None:
-        info = model_store().describe(req.model)
-        if info.manifest is None and info.error == "model_not_found":
-            raise ModelNotFound(f"The model '{req.model}' does not exist", param="model")
+    if req.model is not None and req.model not in model_store().names():
+        raise ModelNotFound(f"The model '{req.model}' does not exist", param="model")
     store = jobs.job_store(settings)
     job_id = jobs.new_job_id()
     key = jobs.input_key(job_id)

@@ -177,11 +177,12 @@ def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[t
 def resolve_defaults(defaults: Defaults, settings: Settings) -> tuple[str, str | None]:
     """The file's default model (checked to exist) and task (checked to match the model)."""
     name = defaults.model or settings.default_embedding_model
-    info = model_store().describe(name)
+    models = model_store()
+    if name not in models.names():  # registry unreachable: raises, and the notification is retried
+        raise JobRejected("model_not_found", f"the model '{name[:128]}' does not exist")
+    info = models.describe(name)
     if info.manifest is None:
-        if info.error == "model_not_found":
-            raise JobRejected("model_not_found", f"the model '{name}' does not exist")
-        # Registry trouble is not the file's fault: leave the per-line check to the workers.
+        # Listed but unreadable right now (e.g. a bad bundle): the workers retry and report per line.
         return name, defaults.task
     own = TASK_FOR_MANIFEST.get(info.manifest.task)
     if own is None:
