@@ -297,6 +297,10 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
+    if not args.keys_args or {"-h", "--help"} & set(args.keys_args):
+        from functions import keys
+
+        return keys.main(["--help"])
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(local_env(_need_running(args.state_dir)))
     from functions import keys
@@ -417,8 +421,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "keys" and not args.keys_args:
-        args.keys_args = ["--help"]
     return args.func(args)
 
 

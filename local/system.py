@@ -30,6 +30,7 @@ WORKER_HANDLER = "functions.handlers.batch_worker.handler"
 DLQ_HANDLER = "functions.handlers.batch_dlq.handler"
 HEAVY_SERVER_MODULE = "local.heavy_server"
 HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
+HEAVY_ASYNC_OUTPUT_PREFIX = "jobs/generation/async-output/"
 DEV_KEY_NAME = "local-dev"
 
 
@@ -94,6 +95,7 @@ class LocalSystem:
         self.started: Started | None = None
         self.pollers: list = []
         self.functions: dict[str, Any] = {}
+        self.heavy_model: str | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> Started:
@@ -114,9 +116,9 @@ class LocalSystem:
             with _timed(timings, "api_key"):
                 key, key_id = self._dev_key(prov)
             with _timed(timings, "heavy"):
-                heavy_url, heavy_pid, heavy_note = self._heavy(bundles)
+                heavy_url, heavy_pid, heavy_note = self._heavy(bundles, prov)
             with _timed(timings, "functions"):
-                self._environment(prov, models, heavy_url)
+                self._environment(prov, heavy_url)
                 gateway_url = self._gateway()
             with _timed(timings, "batch"):
                 batch, batch_note = self._batch(prov)
@@ -138,9 +140,16 @@ class LocalSystem:
         except ImportError as exc:
             raise missing_dependency(exc) from None
         from model_export.errors import ExportError
+        from model_export.progress import Progress
+
+        say = self.say
+
+        class _Say(Progress):
+            def info(self, message: str) -> None:  # export/quantize/validate stages, with timings
+                say(f"bundles: {message}")
 
         try:
-            return ensure_default_bundles(self.cfg.bundles_dir)
+            return ensure_default_bundles(self.cfg.bundles_dir, progress=_Say())
         except ExportError as exc:
             raise StartupError(f"could not build the default bundles: {exc}") from None
 
@@ -183,7 +192,7 @@ class LocalSystem:
         key, record = store.create(DEV_KEY_NAME)
         return key, record.key_id
 
-    def _heavy(self, bundles: dict[str, Path]) -> tuple[str | None, int | None, str | None]:
+    def _heavy(self, bundles: dict[str, Path], prov) -> tuple[str | None, int | None, str | None]:
         if not self.cfg.heavy:
             return None, None, "heavy path: off (--no-heavy)"
         if importlib.util.find_spec(HEAVY_SERVER_MODULE) is None:
@@ -191,14 +200,18 @@ class LocalSystem:
         bundle = next((p for n, p in bundles.items() if _task(p) == "text-generation"), None)
         if bundle is None:
             return None, None, "heavy path: no text-generation bundle to serve"
+        self.heavy_model = bundle.name
         port = free_port(self.cfg.host)
         log_path = self.cfg.state_dir / "heavy-server.log"
         logf = open(log_path, "ab")
         # A separate process, as a SageMaker endpoint is a separate machine; stopped by its PID.
         proc = subprocess.Popen(
             [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", self.cfg.host, "--port", str(port),
-             "--bundle", str(bundle)],
-            cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+             "--bundle", str(bundle), "--endpoint", HEAVY_ENDPOINT_NAME,
+             # SageMaker async inference writes results under the endpoint's S3OutputPath.
+             "--async-output", f"s3://{prov.buckets['Data']}/{HEAVY_ASYNC_OUTPUT_PREFIX}"],
+            cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent)
         logf.close()
         self._stops.append(("heavy stand-in", lambda: _stop_process(proc)))
         url = f"http://{self.cfg.host}:{port}"
@@ -215,7 +228,7 @@ class LocalSystem:
                 time.sleep(0.2)
         raise StartupError(f"the heavy stand-in did not answer /ping within 60 s; see {log_path}")
 
-    def _environment(self, prov, models: dict[str, str], heavy_url: str | None) -> None:
+    def _environment(self, prov, heavy_url: str | None) -> None:
         """The functions' environment: Settings from what was provisioned, AWS endpoints on loopback."""
         from functions.core.settings import Settings, get_settings
 
@@ -223,7 +236,10 @@ class LocalSystem:
         fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
                       max_receive_count=prov.queues["Work"].max_receive_count)
         if heavy_url:
-            fields["heavy_endpoint_name"] = HEAVY_ENDPOINT_NAME
+            # The stand-in serves the generation bundle as the "GPU" model: requests over the light
+            # token budget, and async ones, go to it through the production SageMaker client.
+            fields.update(heavy_endpoint_name=HEAVY_ENDPOINT_NAME, heavy_async_endpoint_name=HEAVY_ENDPOINT_NAME,
+                          heavy_models=[self.heavy_model])
         env = Settings(**fields).env()
         env.update({
             "POWERTOOLS_TRACE_DISABLED": "true",         # no X-Ray daemon on this machine
@@ -331,6 +347,16 @@ def _task(bundle: Path) -> str | None:
         return json.loads((bundle / "manifest.json").read_text()).get("task")
     except (OSError, ValueError):
         return None
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if `up` dies without cleaning up (Linux only)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
 
 
 def _stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
