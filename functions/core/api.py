@@ -121,5 +121,5 @@ def health() -> Response:
 
 
 # --- routes owned by other parts: one line each ---------------------------------------------------
-# from functions.core.jobs_api import router as jobs_router; app.include_router(jobs_router)
+from functions.core.batch.routes import router as jobs_router; app.include_router(jobs_router)  # noqa: E402,E702
 from functions.core.generation.routes import router as generation_router; app.include_router(generation_router)  # noqa: E402,E702

@@ -36,8 +36,10 @@ _lock = threading.Lock()
 
 def make_client(service: str, *, endpoint_url: str | None = None, region_name: str | None = None) -> Any:
     """A new client with Cirrus's timeouts/retries (CLIs and tests; functions use ``client``)."""
+    # SigV4 for S3 always: presigned URLs for SSE-KMS objects are refused with any other signature.
+    config = CLIENT_CONFIG.merge(Config(signature_version="s3v4")) if service == "s3" else CLIENT_CONFIG
     return boto3.session.Session().client(service, endpoint_url=endpoint_url, region_name=region_name,
-                                          config=CLIENT_CONFIG)
+                                          config=config)
 
 
 def client(service: str) -> Any:

@@ -1,0 +1,102 @@
+"""Job API routes through the real API handler (REST proxy events) over the moto pipeline."""
+from __future__ import annotations
+
+import copy
+from urllib.parse import parse_qs, urlparse
+
+from batch_support import EMBEDDER, aws, env, local_store, pipeline  # noqa: F401  (fixtures)
+from light_support import api_event, assert_error, call_api
+
+
+def as_key(event: dict, key_id: str) -> dict:
+    event = copy.deepcopy(event)
+    event["requestContext"]["authorizer"].update(principalId=key_id, key_id=key_id)
+    return event
+
+
+def get(path: str, query: dict | None = None, key_id: str = "0123456789abcdef"):
+    event = as_key(api_event("GET", path), key_id)
+    event["queryStringParameters"] = query
+    event["multiValueQueryStringParameters"] = {k: [v] for k, v in (query or {}).items()} or None
+    return call_api(event)
+
+
+def test_inline_job_runs_and_get_returns_counts_and_result_urls(pipeline):
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": ["hello", {"id": "b", "input": "bye"}, {"input": 5}]}))
+    assert status == 201, body
+    assert body["status"] == "awaiting_upload" and body["object"] == "batch_job" and "upload" not in body
+    pipeline.drain()
+    status, job, _ = get(f"/v1/jobs/{body['id']}")
+    assert status == 200
+    assert job["status"] == "succeeded_with_errors" and job["model"] == EMBEDDER and job["task"] == "embed"
+    assert job["counts"] == {"total": 3, "succeeded": 2, "failed": 1}
+    assert job["output"]["results_key"] == f"jobs/output/{body['id']}/results.jsonl"
+    url = urlparse(job["output"]["results_url"])
+    assert url.path.endswith("/results.jsonl") and "X-Amz-Signature" in parse_qs(url.query)
+    results = pipeline.output({"results_key": job["output"]["results_key"]}, "results")
+    assert [(r["line"], r["id"]) for r in results] == [(1, None), (2, "b")]
+    errors = pipeline.output({"errors_key": job["output"]["errors_key"]}, "errors")
+    assert [(e["line"], e["error"]["code"]) for e in errors] == [(3, "wrong_type")]
+
+
+def test_job_without_inputs_returns_a_presigned_upload_url_for_its_input_key(pipeline):
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"model": EMBEDDER}))
+    assert status == 201
+    upload = body["upload"]
+    assert upload["method"] == "PUT" and upload["expires_in"] == 3600
+    assert urlparse(upload["url"]).path.endswith(f"/jobs/input/{body['id']}.jsonl")
+    # The client PUTs the file to the URL; here the same bytes land through the S3 API (moto in-process).
+    pipeline.upload(f"{body['id']}.jsonl", [{"input": "uploaded later"}])
+    pipeline.drain()
+    status, job, _ = get(f"/v1/jobs/{body['id']}")
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 1
+    assert job["input"]["key"] == f"jobs/input/{body['id']}.jsonl"
+
+
+def test_the_same_upload_event_twice_runs_the_api_job_once(pipeline):
+    _, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": ["a", "b"]}))
+    event = pipeline.receive(pipeline.events.url)
+    pipeline.sqs.send_message(QueueUrl=pipeline.events.url, MessageBody=event[0]["Body"])
+    from functions.handlers.batch_splitter import handler
+    pipeline.deliver(pipeline.events, handler, event)
+    pipeline.drain()
+    _, job, _ = get(f"/v1/jobs/{body['id']}")
+    assert job["chunks"] == {"total": 1, "done": 1, "failed": 0} and job["counts"]["succeeded"] == 2
+
+
+def test_list_shows_newest_first_and_only_the_callers_jobs(pipeline):
+    ids = []
+    for key_id in ("aaaa", "bbbb", "aaaa"):
+        _, body, _ = call_api(as_key(api_event("POST", "/v1/jobs", {"inputs": ["x"]}), key_id))
+        ids.append(body["id"])
+    status, listed, _ = get("/v1/jobs", key_id="aaaa")
+    assert status == 200 and listed["object"] == "list"
+    assert [j["id"] for j in listed["data"]] == [ids[2], ids[0]]
+    _, one, _ = get("/v1/jobs", {"limit": "1"}, key_id="aaaa")
+    assert [j["id"] for j in one["data"]] == [ids[2]]
+    status, body, _ = get(f"/v1/jobs/{ids[1]}", key_id="aaaa")
+    assert_error(status, body, 404, "job_not_found")
+
+
+def test_unknown_job_is_404_and_a_bad_limit_is_422(pipeline):
+    assert_error(*get("/v1/jobs/job_" + "f" * 24)[:2], 404, "job_not_found")
+    assert_error(*get("/v1/jobs/../../etc")[:2], 404)
+    assert_error(*get("/v1/jobs", {"limit": "0"})[:2], 422)
+
+
+def test_create_rejects_unknown_models_and_fields(pipeline):
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"model": "nope", "inputs": ["x"]}))
+    assert_error(status, body, 404, "model_not_found")
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": []}))
+    assert_error(status, body, 422)
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"input_file": "x"}))
+    assert_error(status, body, 422)
+    status, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": ["ok", 5]}))
+    assert_error(status, body, 422)
+
+
+def test_presigned_upload_url_expires_after_the_configured_time(pipeline, env):
+    env(batch_url_expiry_s=600)
+    _, body, _ = call_api(api_event("POST", "/v1/jobs", {}))
+    query = parse_qs(urlparse(body["upload"]["url"]).query)
+    assert query["X-Amz-Expires"] == ["600"] and body["upload"]["expires_in"] == 600
