@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from functions.core import service
 from functions.core.errors import CirrusError, InvalidJSON, NotFound, PayloadTooLarge, ValidationFailed, to_response
-from functions.core.observability import logger
+from functions.core.observability import logger, metrics
 from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
 from functions.core.settings import get_settings
 
@@ -75,6 +75,7 @@ def json_response(result: service.Result, status: int = 200) -> Response:
 # --- errors: every route, every router ------------------------------------------------------------
 def _error(err: BaseException) -> Response:
     status, body, headers = to_response(err)
+    metrics.add_metric(name="ServerErrors" if status >= 500 else "ClientErrors", unit="Count", value=1)
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body,
                     headers=headers)
 

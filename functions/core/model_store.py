@@ -23,7 +23,7 @@ from functions.core.adapters import s3
 from functions.core.adapters.base import translate
 from functions.core.errors import BundleError, ModelNotFound
 from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
-from functions.core.observability import logger, metrics
+from functions.core.observability import logger, metrics, tracer
 from functions.core.runtime import OnnxModel
 from functions.core.generation.onnx_generator import OnnxGenerator
 from functions.core.settings import Settings, get_settings
@@ -85,6 +85,7 @@ class ModelStore:
         return dict(self._models)
 
     # --- loading -------------------------------------------------------------------------------------
+    @tracer.capture_method(capture_response=False)
     def _load(self, name: str) -> OnnxModel:
         started = time.perf_counter()
         try:

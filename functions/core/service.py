@@ -15,7 +15,7 @@ import numpy as np
 
 from functions.core.errors import PayloadTooLarge, ValidationFailed
 from functions.core.model_store import loaded_versions, store
-from functions.core.observability import logger, metrics
+from functions.core.observability import logger, metrics, tracer
 from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
 from functions.core.settings import Settings
 
@@ -54,6 +54,8 @@ def _usage(token_counts: list[int]) -> dict[str, int]:
 
 
 def _record(kind: str, model_name: str, version: str, n_inputs: int, tokens: int, seconds: float) -> None:
+    tracer.put_annotation(key="model", value=model_name)
+    tracer.put_annotation(key="model_version", value=version)
     metrics.add_dimension(name="model", value=model_name)
     metrics.add_metadata(key="model_version", value=version)
     metrics.add_metric(name="InferenceLatency", unit="Milliseconds", value=seconds * 1000)
@@ -70,6 +72,7 @@ def _encode_vector(v: np.ndarray, encoding: str) -> list[float] | str:
     return v.tolist()
 
 
+@tracer.capture_method(capture_response=False)
 def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
     name = req.model or settings.default_embedding_model
     texts = req.texts()
@@ -85,6 +88,7 @@ def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
                   {MODEL_VERSION_HEADER: model.version})
 
 
+@tracer.capture_method(capture_response=False)
 def classify(req: ClassifyRequest, settings: Settings) -> Result:
     texts = req.texts()
     check_limits(texts, settings)
