@@ -177,13 +177,8 @@ def light_api(env, local_store: ModelStore, bundles_dir: Path, monkeypatch: pyte
 
 
 @pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch):
-    """moto in-process for S3, DynamoDB and KMS, with fake credentials and fresh clients."""
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                 "AWS_SECURITY_TOKEN": "testing", "AWS_SESSION_TOKEN": "testing",
-                 "AWS_DEFAULT_REGION": REGION, "AWS_REGION": REGION}.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+def aws(aws_env):
+    """moto in-process for S3, DynamoDB and KMS (fake credentials from conftest), fresh clients."""
     reset_clients()
     with mock_aws():
         yield
