@@ -213,8 +213,15 @@ def identity() -> dict:
             "torch": package_version("torch"), "tokenizers": package_version("tokenizers")}
 
 
+def prepare(work_dir: Path, progress) -> tuple[ExportConfig, dict]:
+    """Build the source model under ``work_dir``; the pipeline then exports, quantizes and gates it."""
+    with progress.stage("prepare", f"{TINY_NAME}: seeded random GPT-2-shaped model + byte-level BPE"):
+        src = build_tiny_gpt2(Path(work_dir) / "source")
+    return _config(str(src)), {"description": DESCRIPTION}
+
+
 def build_tiny_bundle(target: Path, work: Path | None = None, progress=None):
-    """Build the source model under ``work`` and run the export pipeline into ``target``."""
+    """``prepare`` + the export pipeline into ``target`` (outside build-defaults, e.g. a script)."""
     import tempfile
 
     from model_export.pipeline import build
@@ -222,6 +229,5 @@ def build_tiny_bundle(target: Path, work: Path | None = None, progress=None):
 
     progress = progress or SILENT
     with tempfile.TemporaryDirectory(prefix="cirrus-tiny-gpt2-", dir=work) as tmp:
-        src = build_tiny_gpt2(Path(tmp) / "source")
-        return build(_config(str(src)), Path(target), progress=progress,
-                     extra={"description": DESCRIPTION, "source_note": f"seed={TinyGpt2Config().seed}, random init"})
+        config, extra = prepare(Path(tmp), progress)
+        return build(config, Path(target), progress=progress, extra=extra)
