@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, get_origin
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 ENV_PREFIX = "CIRRUS_"
 
@@ -70,7 +70,9 @@ class Settings(BaseModel):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _empty_is_none(cls, v: object) -> object:
+    def _empty_is_none(cls, v: object, info: ValidationInfo) -> object:
+        if v == "" and get_origin(cls.model_fields[info.field_name].annotation) is list:
+            return []  # env() writes an empty list as "": read it back as empty, not as unset
         return None if v == "" else v
 
     @classmethod
