@@ -10,7 +10,7 @@ import boto3
 from functions.core.adapters.base import CLIENT_CONFIG
 from local.config import JOBS_INPUT_SUFFIX, REGION, LocalConfig, resources
 
-log = logging.getLogger("cirrus.local.aws")
+log = logging.getLogger("local.aws")
 
 # Fake credentials: moto accepts anything, and they guarantee no real account is ever reached.
 FAKE_CREDENTIALS = {
@@ -59,6 +59,8 @@ def client(service: str, endpoint_url: str):
 
 @dataclass
 class QueueInfo:
+    consumer: str | None       # function id fed by the queue, and by its DLQ
+    dlq_consumer: str | None
     url: str
     arn: str
     dlq_url: str
@@ -119,7 +121,7 @@ def provision(endpoint_url: str, cfg: LocalConfig) -> Provisioned:
 
     sqs = client("sqs", endpoint_url)
     for spec in res.queues:
-        info = _create_queue(sqs, cfg, spec, key["Arn"], cfg.visibility_timeout(spec.id))
+        info = _create_queue(sqs, cfg, spec, key["Arn"])
         out.queues[spec.id] = info
         if spec.env:
             out.settings_fields[spec.env] = info.url
@@ -186,19 +188,22 @@ def _create_table(ddb, name: str, spec, key_arn: str) -> None:
         "PointInTimeRecoveryEnabled": True})
 
 
-def _create_queue(sqs, cfg: LocalConfig, spec, key_arn: str, visibility: int) -> QueueInfo:
+def _create_queue(sqs, cfg: LocalConfig, spec, key_arn: str) -> QueueInfo:
     common = {"KmsMasterKeyId": key_arn}
+    visibility = cfg.visibility_timeout(spec)
     dlq_url = sqs.create_queue(QueueName=cfg.queue_name(spec, dlq=True), Attributes={
-        **common, "MessageRetentionPeriod": str(14 * 24 * 3600)})["QueueUrl"]
+        **common, "VisibilityTimeout": str(cfg.visibility_timeout(spec, dlq=True)),
+        "MessageRetentionPeriod": str(14 * 24 * 3600)})["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     url = sqs.create_queue(QueueName=cfg.queue_name(spec), Attributes={
-        **common, "VisibilityTimeout": str(visibility),
+        **common, "VisibilityTimeout": str(visibility), "MessageRetentionPeriod": str(4 * 24 * 3600),
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
                                      "maxReceiveCount": str(spec.max_receive_count)}),
     })["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return QueueInfo(url=url, arn=arn, dlq_url=dlq_url, dlq_arn=dlq_arn,
-                     max_receive_count=spec.max_receive_count, visibility_timeout_s=visibility)
+    return QueueInfo(consumer=spec.consumer, dlq_consumer=getattr(spec, "dlq_consumer", None), url=url,
+                     arn=arn, dlq_url=dlq_url, dlq_arn=dlq_arn, max_receive_count=spec.max_receive_count,
+                     visibility_timeout_s=visibility)
 
 
 def _wire_job_notifications(s3, out: Provisioned, res) -> None:

@@ -141,7 +141,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     cfg = LocalConfig(host=args.host, port=args.port, aws_port=args.aws_port, state_dir=args.state_dir,
                       bundles_dir=args.bundles_dir, heavy=not args.no_heavy,
                       visibility_timeout_s=args.visibility_timeout,
-                      authorizer_cache_ttl_s=args.authorizer_cache_ttl)
+                      authorizer_cache_ttl_s=args.authorizer_cache_ttl,
+                      models=tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     existing = running_state(cfg.state_dir)
     if existing:
@@ -152,7 +153,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _redirect_output_to(cfg.log_file)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True)
-    log = logging.getLogger("cirrus.local")
+    log = logging.getLogger("local")
 
     def say(msg: str) -> None:
         console.write(f"==> {msg}\n")
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--aws-port", type=int, default=0, help="moto server port (default: any free port)")
     up.add_argument("--bundles-dir", type=Path, default=DEFAULT_BUNDLES_DIR,
                     help=f"model bundles cache (default: {DEFAULT_BUNDLES_DIR})")
+    up.add_argument("--models", metavar="A,B",
+                    help="only these default bundles (faster first start), e.g. all-minilm-l6-v2 (default: all)")
     up.add_argument("--no-heavy", action="store_true", help="do not start the heavy-path (SageMaker) stand-in")
     up.add_argument("--visibility-timeout", type=int, default=None, metavar="S",
                     help="SQS visibility timeout of the local queues (default: 6x the consuming function's "

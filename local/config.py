@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from infra.resources import RESOURCES, QueueSpec
-from infra.settings import StageSettings, load_stage
+from infra.settings import LambdaSettings, StageSettings, load_stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_STATE_DIR = Path(__file__).resolve().parent / ".state"
@@ -18,8 +18,13 @@ REGION = "us-east-1"
 # The splitter is fed S3 ObjectCreated notifications for *.jsonl files under the input prefix.
 JOBS_INPUT_SUFFIX = ".jsonl"
 
-# Which function consumes which queue (the CDK batch construct wires the same pairs).
-QUEUE_CONSUMERS = {"JobEvents": "batch_splitter", "Work": "batch_worker"}
+# AWS guidance (and infra.constructs.batch): visibility >= 6x the consuming function's timeout.
+VISIBILITY_FACTOR = 6
+
+
+def handler_path(function_id: str) -> str:
+    """Function ids (cdk.json ``functions.<id>``, QueueSpec.consumer) name their handler module."""
+    return f"functions.handlers.{function_id}.handler"
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,7 @@ class LocalConfig:
     poll_wait_s: int = 1                    # long-poll wait: also bounds how fast Ctrl-C stops pollers
     authorizer_cache_ttl_s: int = 0         # API Gateway caches policies (default 300 s); 0 = off
     heavy: bool = True                      # start the heavy-path stand-in when it is available
+    models: tuple[str, ...] | None = None   # default bundles to build/serve (None: all of them)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def resource_name(self, logical_id: str) -> str:
@@ -52,11 +58,15 @@ class LocalConfig:
         """The deployed stage this local stack imitates (timeouts, memory, SQS batch size)."""
         return load_stage(self.base_stage)
 
-    def visibility_timeout(self, queue_id: str) -> int:
+    def function_settings(self, function_id: str) -> LambdaSettings:
+        """Memory/timeout of a function in the imitated stage (Lambda defaults if the stage has none)."""
+        return getattr(self.stage_settings().functions, function_id, None) or LambdaSettings()
+
+    def visibility_timeout(self, spec: QueueSpec, dlq: bool = False) -> int:
         if self.visibility_timeout_s is not None:
             return self.visibility_timeout_s
-        consumer = getattr(self.stage_settings().functions, QUEUE_CONSUMERS[queue_id])
-        return 6 * consumer.timeout_s
+        consumer = getattr(spec, "dlq_consumer", None) if dlq else spec.consumer
+        return VISIBILITY_FACTOR * (self.function_settings(consumer).timeout_s if consumer else 30)
 
     @property
     def log_file(self) -> Path:

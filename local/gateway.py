@@ -25,7 +25,7 @@ from functions.core.errors import CirrusError, Forbidden, PayloadTooLarge, Unaut
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
-log = logging.getLogger("cirrus.local.gateway")
+log = logging.getLogger("local.gateway")
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway REST request payload limit
 PROXY_RESOURCE = "/{proxy+}"

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from local.config import ACCOUNT_ID, REGION
 
-log = logging.getLogger("cirrus.local.lambda")
+log = logging.getLogger("local.lambda")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 from local.config import REGION
 from local.lambdas import LambdaFunction
 
-log = logging.getLogger("cirrus.local.poller")
+log = logging.getLogger("local.poller")
 
 
 def sqs_record(msg: dict[str, Any], queue_arn: str) -> dict[str, Any]:

@@ -19,15 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from local.config import REPO_ROOT, LocalConfig
+from local.config import REPO_ROOT, LocalConfig, handler_path
 
-log = logging.getLogger("cirrus.local")
+log = logging.getLogger("local")
 
-API_HANDLER = "functions.handlers.api.handler"
-AUTHORIZER_HANDLER = "functions.handlers.authorizer.handler"
-SPLITTER_HANDLER = "functions.handlers.batch_splitter.handler"
-WORKER_HANDLER = "functions.handlers.batch_worker.handler"
-DLQ_HANDLER = "functions.handlers.batch_dlq.handler"
 HEAVY_SERVER_MODULE = "local.heavy_server"
 HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
 HEAVY_ASYNC_OUTPUT_PREFIX = "jobs/generation/async-output/"
@@ -149,7 +144,8 @@ class LocalSystem:
                 say(f"bundles: {message}")
 
         try:
-            return ensure_default_bundles(self.cfg.bundles_dir, progress=_Say())
+            return ensure_default_bundles(self.cfg.bundles_dir, list(self.cfg.models) if self.cfg.models else None,
+                                          progress=_Say())
         except ExportError as exc:
             raise StartupError(f"could not build the default bundles: {exc}") from None
 
@@ -254,21 +250,10 @@ class LocalSystem:
 
     def _gateway(self) -> str:
         from local.gateway import Gateway, GatewayServer
-        from local.lambdas import LambdaFunction
 
-        st = self.cfg.stage_settings().functions
-        api = LambdaFunction(f"cirrus-{self.cfg.stage}-api", API_HANDLER, timeout_s=st.api.timeout_s,
-                             memory_mb=st.api.memory_mb)
-        auth = LambdaFunction(f"cirrus-{self.cfg.stage}-authorizer", AUTHORIZER_HANDLER,
-                              timeout_s=st.authorizer.timeout_s, memory_mb=st.authorizer.memory_mb)
-        for fn in (api, auth):
-            try:
-                fn.load()  # import now: a broken handler should stop `up`, not the first request
-            except ImportError as exc:
-                raise missing_dependency(exc) from None
-        self.functions.update(api=api, authorizer=auth)
+        api, auth = self._function("api"), self._function("authorizer")
         gw = Gateway(api, auth, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
-                     timeout_s=st.api.timeout_s, host=self.cfg.host)
+                     host=self.cfg.host)
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)
         except OSError as exc:
@@ -279,46 +264,43 @@ class LocalSystem:
         self.say(f"api: local API Gateway on {url} (stage {self.cfg.stage})")
         return url
 
-    def _batch(self, prov) -> tuple[bool, str | None]:
-        from local.aws import client
+    def _function(self, function_id: str):
+        """The local twin of one Lambda function (handler, memory and timeout as in the stage)."""
         from local.lambdas import LambdaFunction
-        from local.pollers import QueuePoller
 
-        missing = [h for h in (SPLITTER_HANDLER, WORKER_HANDLER)
-                   if importlib.util.find_spec(h.rsplit(".", 1)[0]) is None]
-        if missing:
-            return False, "batch jobs: not available yet (" + ", ".join(missing) + " missing)"
-        st = self.cfg.stage_settings().functions
-        sqs = client("sqs", prov.endpoint_url)
-
-        def function(name: str, handler: str, fs) -> LambdaFunction:
-            fn = LambdaFunction(f"cirrus-{self.cfg.stage}-{name}", handler, timeout_s=fs.timeout_s,
-                                memory_mb=fs.memory_mb)
+        if function_id not in self.functions:
+            fs = self.cfg.function_settings(function_id)
+            fn = LambdaFunction(f"cirrus-{self.cfg.stage}-{function_id.replace('_', '-')}",
+                                handler_path(function_id), timeout_s=fs.timeout_s, memory_mb=fs.memory_mb)
             try:
-                fn.load()
+                fn.load()  # import now: a broken handler should stop `up`, not the first event
             except ImportError as exc:
                 raise missing_dependency(exc) from None
-            self.functions[name] = fn
-            return fn
+            self.functions[function_id] = fn
+        return self.functions[function_id]
 
-        def poll(url: str, arn: str, fn: LambdaFunction) -> None:
-            poller = QueuePoller(sqs, queue_url=url, queue_arn=arn, function=fn,
-                                 batch_size=st.sqs_batch_size, wait_s=self.cfg.poll_wait_s)
-            poller.start()
-            self.pollers.append(poller)
-            self._stops.append((f"poller {poller.name}", poller.stop))
+    def _batch(self, prov) -> tuple[bool, str | None]:
+        """One poller per event source mapping: each queue (and DLQ) feeds its consumer from RESOURCES."""
+        from local.aws import client
+        from local.pollers import QueuePoller
 
-        splitter = function("batch-splitter", SPLITTER_HANDLER, st.batch_splitter)
-        worker = function("batch-worker", WORKER_HANDLER, st.batch_worker)
-        poll(prov.queues["JobEvents"].url, prov.queues["JobEvents"].arn, splitter)
-        poll(prov.queues["Work"].url, prov.queues["Work"].arn, worker)
-        # The dead-letter backstop marks jobs whose messages died (timeouts, crashes) as failed.
-        if importlib.util.find_spec(DLQ_HANDLER.rsplit(".", 1)[0]) is not None:
-            dlq = function("batch-dlq", DLQ_HANDLER, st.batch_splitter)
-            for q in prov.queues.values():
-                poll(q.dlq_url, q.dlq_arn, dlq)
+        consumers = {f for q in prov.queues.values() for f in (q.consumer, q.dlq_consumer) if f}
+        missing = [f for f in sorted(consumers) if importlib.util.find_spec(handler_path(f).rsplit(".", 1)[0]) is None]
+        if missing:
+            return False, "batch jobs: not available yet (handlers missing: " + ", ".join(missing) + ")"
+        sqs = client("sqs", prov.endpoint_url)
+        batch_size = self.cfg.stage_settings().functions.sqs_batch_size
+        for q in prov.queues.values():
+            for url, arn, fid in ((q.url, q.arn, q.consumer), (q.dlq_url, q.dlq_arn, q.dlq_consumer)):
+                if fid is None:
+                    continue
+                poller = QueuePoller(sqs, queue_url=url, queue_arn=arn, function=self._function(fid),
+                                     batch_size=batch_size, wait_s=self.cfg.poll_wait_s)
+                poller.start()
+                self.pollers.append(poller)
+                self._stops.append((f"poller {poller.name}", poller.stop))
         self.say(f"batch: files under s3://{prov.buckets['Data']}/jobs/input/*.jsonl start jobs "
-                 f"(splitter + worker pollers running)")
+                 f"({len(self.pollers)} queue pollers: " + ", ".join(sorted(consumers)) + ")")
         return True, None
 
     # ------------------------------------------------------------------ stop / status
