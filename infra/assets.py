@@ -4,8 +4,8 @@ Dependencies from requirements-lambda.txt are installed with pip for the Lambda 
 (``--platform manylinux_* --only-binary=:all: --python-version``), trimmed of what inference does
 not need, then the ``functions`` package is copied beside them. Two assets:
 
-- ``inference`` (api, batch_worker): onnxruntime + tokenizers + numpy + Powertools + pydantic
-- ``light`` (authorizer, batch_splitter): Powertools + pydantic only — a small zip, fast cold start
+- ``inference`` (api, batch functions): onnxruntime + tokenizers + numpy + Powertools + pydantic
+- ``light`` (authorizer): Powertools + pydantic only — a small zip, fast cold start
 
 Output: ``build/lambda/<arch>/<asset>/`` (what ``Code.from_asset`` takes) and
 ``build/lambda/<arch>/<asset>.json`` (the build stamp: inputs hash, python version, size).
@@ -36,8 +36,9 @@ PLACEHOLDER_MARKER = "CIRRUS_PLACEHOLDER_ASSET"
 
 ASSETS = ("inference", "light")
 # Which asset each function ships in (handler -> asset). The construct reads this table.
-FUNCTION_ASSETS = {"api": "inference", "batch_worker": "inference",
-                   "authorizer": "light", "batch_splitter": "light"}
+# The batch functions import the model store (onnxruntime, numpy) to validate/serve models.
+FUNCTION_ASSETS = {"api": "inference", "batch_splitter": "inference", "batch_worker": "inference",
+                   "batch_dlq": "inference", "authorizer": "light"}
 
 # Paths (relative to the install target) that inference never imports. Removing them keeps the
 # zip well under the limit and the cold start short.

@@ -37,6 +37,7 @@ class QueueSpec:
     env: str | None            # Settings field that receives the queue URL (None: not read by code)
     max_receive_count: int = 3  # receives before a message moves to the queue's DLQ
     consumer: str | None = None  # function id (infra.constructs.functions.FUNCTIONS) fed by this queue
+    dlq_consumer: str | None = None  # function id fed by this queue's DLQ (marks the jobs failed)
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,8 @@ RESOURCES = Resources(
     ),
     queues=(
         # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
-        QueueSpec(id="JobEvents", env=None, consumer="batch_splitter"),
+        QueueSpec(id="JobEvents", env=None, consumer="batch_splitter", dlq_consumer="batch_dlq"),
         # chunk messages -> worker
-        QueueSpec(id="Work", env="work_queue_url", consumer="batch_worker"),
+        QueueSpec(id="Work", env="work_queue_url", consumer="batch_worker", dlq_consumer="batch_dlq"),
     ),
 )

@@ -46,6 +46,7 @@ class FunctionsSettings(_Strict):
     authorizer: LambdaSettings = LambdaSettings(memory_mb=256, timeout_s=10)
     batch_splitter: LambdaSettings = LambdaSettings(memory_mb=512, timeout_s=120)
     batch_worker: LambdaSettings = LambdaSettings(memory_mb=3008, timeout_s=300)
+    batch_dlq: LambdaSettings = LambdaSettings(memory_mb=1024, timeout_s=120)
     # SQS event source batch size for the batch functions (1-10 for standard queues w/o a window).
     sqs_batch_size: int = Field(5, ge=1, le=10)
 

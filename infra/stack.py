@@ -26,9 +26,12 @@ FUNCTION_ENV = {
     "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "jobs_table", "data_bucket",
             "heavy_endpoint_name", "heavy_models", "heavy_inference_component"),
     "authorizer": ("stage", "api_keys_table"),
-    "batch_splitter": ("stage", "models", "data_bucket", "jobs_table", "idempotency_table", "work_queue_url"),
+    "batch_splitter": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
+                       "jobs_table", "idempotency_table", "work_queue_url", "max_receive_count"),
     "batch_worker": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
-                     "jobs_table", "idempotency_table"),
+                     "jobs_table", "idempotency_table", "max_receive_count"),
+    "batch_dlq": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
+                  "jobs_table", "idempotency_table", "max_receive_count"),
 }
 
 
@@ -52,8 +55,12 @@ class CirrusStack(Stack):
                                artifacts=storage.artifacts) if stage.heavy.enabled else None)
 
         # Resource names reach the runtime through the Settings field each spec names.
+        receives = {q.max_receive_count for q in RESOURCES.queues}
+        if len(receives) != 1:
+            raise ValueError("the batch functions read one max_receive_count; queues disagree")
         values: dict[str, object] = {"stage": stage.name, "models": list(stage.models),
-                                     "default_embedding_model": stage.default_embedding_model}
+                                     "default_embedding_model": stage.default_embedding_model,
+                                     "max_receive_count": receives.pop()}
         values |= {b.env: storage.buckets[b.id].bucket_name for b in RESOURCES.buckets}
         values |= {t.env: tables[t.id].table_name for t in RESOURCES.tables}
         values |= {q.env: batch.queues[q.id].queue_url for q in RESOURCES.queues if q.env}
@@ -67,7 +74,8 @@ class CirrusStack(Stack):
         artifacts, data = storage.artifacts, storage.data
         models = RESOURCES.models_prefix
         jobs_in, jobs_work, jobs_out = RESOURCES.jobs_input_prefix, RESOURCES.jobs_work_prefix, RESOURCES.jobs_output_prefix
-        api, authorizer, splitter, worker = (fns[n] for n in ("api", "authorizer", "batch_splitter", "batch_worker"))
+        api, authorizer, splitter, worker, dlq = (fns[n] for n in ("api", "authorizer", "batch_splitter",
+                                                                   "batch_worker", "batch_dlq"))
         self._grant_s3(api, artifacts, models, "read")
         self._grant_s3(api, data, jobs_in, "put")         # presigned upload URLs for new jobs
         self._grant_s3(api, data, jobs_out, "read")       # presigned result URLs
@@ -75,18 +83,19 @@ class CirrusStack(Stack):
         if heavy is not None:
             heavy.grant_invoke(api)
         self._grant_table(authorizer, tables["ApiKeys"], "read")
-        self._grant_s3(splitter, data, jobs_in, "read")
-        self._grant_s3(splitter, data, jobs_out, "put")   # a job that fails whole writes its errors here
-        self._grant_table(splitter, tables["Jobs"], "read_write")
-        self._grant_table(splitter, tables["Idempotency"], "read_write")
+        self._grant_s3(splitter, artifacts, models, "read")  # unknown models end the job with a clear error
         batch.queues["Work"].grant_send_messages(splitter)
+        # Splitter (empty/invalid files finalise at once), worker (chunks + last-chunk finalise) and
+        # the DLQ handler (marks a job, finalises what is left) share the job's S3 + table footprint.
+        for fn in (splitter, worker, dlq):
+            self._grant_s3(fn, data, jobs_in, "read")       # chunks read byte ranges of the input
+            self._grant_s3(fn, data, jobs_work, "read_write")
+            self._grant_s3(fn, data, jobs_out, "read_write")
+            self._grant_table(fn, tables["Jobs"], "read_write")
+            self._grant_table(fn, tables["Idempotency"], "read_write")
         self._grant_s3(worker, artifacts, models, "read")
-        self._grant_s3(worker, data, jobs_in, "read")     # each chunk reads its byte range of the input
-        self._grant_s3(worker, data, jobs_work, "read_write")
-        self._grant_s3(worker, data, jobs_out, "read_write")
-        self._grant_table(worker, tables["Jobs"], "read_write")
-        self._grant_table(worker, tables["Idempotency"], "read_write")
-        batch.connect(data_bucket=data, consumers={n: fns[n] for n in ("batch_splitter", "batch_worker")})
+        self._grant_s3(dlq, artifacts, models, "read")
+        batch.connect(data_bucket=data, consumers=fns.functions)
         encryption.allow_s3_notifications()
 
         self.api = Api(self, "Api", stage=stage, key=key, handler=api, authorizer=authorizer)

@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
@@ -132,5 +132,31 @@ class BundleUpload(Construct):
                 retain_on_delete=True,
                 server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
                 server_side_encryption_aws_kms_key_id=key.key_id,
+                memory_limit=1024,   # same as the files deployment: one shared handler function
             )
             current.node.add_dependency(files)
+        self._acknowledge_deploy_handler(bucket)
+
+    def _acknowledge_deploy_handler(self, bucket: s3.IBucket) -> None:
+        """The findings on CDK's BucketDeployment handler (deploy-time only, never serves requests)."""
+        stack = Stack.of(self)
+        dest = stack.resolve(stack.get_logical_id(bucket.node.default_child))
+        deploy_only = "CDK's BucketDeployment handler runs only while CloudFormation deploys the bundles"
+        findings = {
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]":
+                f"{deploy_only}; AWS-managed logging policy.",
+            "AwsSolutions-L1": f"{deploy_only}; CDK pins its runtime.",
+            "Serverless-LambdaLatestVersion": f"{deploy_only}; CDK pins its runtime.",
+            "Serverless-LambdaDLQ": f"{deploy_only}; CloudFormation invokes it and reports failures itself.",
+            "Serverless-LambdaTracing": f"{deploy_only}; nothing to trace at request time.",
+            f"AwsSolutions-IAM5[Resource::<{dest}.Arn>/*]": f"{deploy_only}; it writes bundles into this bucket.",
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*]":
+                f"{deploy_only}; it reads the staged bundle zips from the CDK assets bucket.",
+        }
+        for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*",
+                       "kms:GenerateDataKey*", "kms:ReEncrypt*"):
+            findings[f"AwsSolutions-IAM5[Action::{action}]"] = f"{deploy_only}; CDK's grant on the bucket and key."
+        for child in stack.node.children:
+            if child.node.id.startswith("Custom::CDKBucketDeployment"):
+                for rule, reason in findings.items():
+                    acknowledge(child, id=rule, reason=reason)

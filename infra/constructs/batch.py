@@ -32,8 +32,10 @@ class Batch(Construct):
             if spec.consumer is None:
                 raise ValueError(f"queue {spec.id} has no consumer in infra.resources")
             timeout = getattr(stage.functions, spec.consumer).timeout_s
+            dlq_timeout = getattr(stage.functions, spec.dlq_consumer).timeout_s if spec.dlq_consumer else 30
             dlq = sqs.Queue(self, f"{spec.id}Dlq", encryption=sqs.QueueEncryption.KMS,
                             encryption_master_key=key, enforce_ssl=True,
+                            visibility_timeout=Duration.seconds(VISIBILITY_FACTOR * dlq_timeout),
                             retention_period=Duration.days(14))
             self.queues[spec.id] = sqs.Queue(
                 self, spec.id,
@@ -75,16 +77,21 @@ class Batch(Construct):
             if child.node.id.startswith("BucketNotificationsHandler"):
                 acknowledge(child, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
                             reason="CDK's deploy-time handler that sets the bucket notification; runs only during deployment.")
-        for spec in RESOURCES.queues:
-            fn = consumers[spec.consumer]
+        wiring = [(spec.consumer, self.queues[spec.id], f"the queue's DLQ after {spec.max_receive_count} receives")
+                  for spec in RESOURCES.queues]
+        wiring += [(spec.dlq_consumer, self.dlqs[spec.id], "the DLQ itself (retried until the 14-day retention), "
+                    "alarmed on") for spec in RESOURCES.queues if spec.dlq_consumer]
+        for consumer, queue, where in wiring:
+            fn = consumers[consumer]
             fn.add_event_source(sources.SqsEventSource(
-                self.queues[spec.id],
+                queue,
                 batch_size=self.stage.functions.sqs_batch_size,
                 # Only failed messages return to the queue; the rest of the batch is not redone.
                 report_batch_item_failures=True,
             ))
-            for child in fn.node.children:
+        for consumer in {c for c, _, _ in wiring}:
+            for child in consumers[consumer].node.children:
                 if child.node.id.startswith("SqsEventSource:"):
                     acknowledge(child, id="Serverless-LambdaEventSourceMappingDestination",
-                                reason="SQS event sources take no on-failure destination; failed messages go "
-                                       f"to the queue's DLQ after {spec.max_receive_count} receives.")
+                                reason="SQS event sources take no on-failure destination; failed messages "
+                                       "return to the queue and end in its DLQ.")

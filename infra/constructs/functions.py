@@ -59,6 +59,7 @@ FUNCTIONS = (
     FunctionSpec("authorizer", "functions.handlers.authorizer.handler", "Cirrus bearer API-key authorizer"),
     FunctionSpec("batch_splitter", "functions.handlers.batch_splitter.handler", "Cirrus batch: split a JSONL job"),
     FunctionSpec("batch_worker", "functions.handlers.batch_worker.handler", "Cirrus batch: run one chunk", 2048),
+    FunctionSpec("batch_dlq", "functions.handlers.batch_dlq.handler", "Cirrus batch: mark jobs of dead letters"),
 )
 
 

@@ -1,0 +1,279 @@
+"""The synthesized templates (one real synth per session): every security property, asserted."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.constructs.api import ROUTES
+from infra.constructs.batch import VISIBILITY_FACTOR
+from infra.constructs.functions import FUNCTIONS
+from infra.resources import RESOURCES
+from infra.settings import all_stages
+from functions.core.settings import ENV_PREFIX, Settings
+
+STAGES = ("dev", "prod", "citest")
+# Actions AWS offers no resource-level permission for: the only ones allowed on Resource "*".
+STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "ecr:GetAuthorizationToken",
+                         "cloudwatch:PutMetricData"}
+
+
+def _statements(doc: dict) -> list[dict]:
+    return doc.get("Statement", [])
+
+
+def _as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def _ref_id(value) -> str | None:
+    if isinstance(value, dict):
+        if "Ref" in value:
+            return value["Ref"]
+        if "Fn::GetAtt" in value:
+            return value["Fn::GetAtt"][0]
+    return None
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_bucket_is_encrypted_private_versioned_and_kms_where_s3_allows(synth, stage):
+    buckets = synth.resources(stage, "AWS::S3::Bucket")
+    assert len(buckets) == len(RESOURCES.buckets) + 1   # + the access-log bucket
+    kms_buckets = 0
+    for lid, b in buckets.items():
+        p = b["Properties"]
+        sse = p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]
+        algo = sse["ServerSideEncryptionByDefault"]["SSEAlgorithm"]
+        assert p["PublicAccessBlockConfiguration"] == {
+            "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+        assert p["VersioningConfiguration"]["Status"] == "Enabled"
+        if "LoggingConfiguration" in p:       # artifacts + data: SSE-KMS with the stage key, bucket key on
+            assert algo == "aws:kms" and sse["BucketKeyEnabled"] is True
+            assert _ref_id(sse["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]).startswith("EncryptionKey")
+            kms_buckets += 1
+        else:                                 # the log target: S3 access logging cannot write SSE-KMS
+            assert algo == "AES256" and lid.startswith("StorageAccessLogs")
+        assert p["LifecycleConfiguration"]["Rules"]
+    assert kms_buckets == len(RESOURCES.buckets)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_bucket_policy_denies_requests_without_tls(synth, stage):
+    buckets = set(synth.resources(stage, "AWS::S3::Bucket"))
+    covered = set()
+    for pol in synth.resources(stage, "AWS::S3::BucketPolicy").values():
+        for st in _statements(pol["Properties"]["PolicyDocument"]):
+            if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
+                covered.add(_ref_id(pol["Properties"]["Bucket"]))
+    assert covered == buckets
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_tables_are_kms_encrypted_with_pitr_and_the_resource_spec_keys(synth, stage):
+    tables = synth.resources(stage, "AWS::DynamoDB::Table")
+    assert len(tables) == len(RESOURCES.tables)
+    by_id = {spec.id: spec for spec in RESOURCES.tables}
+    for lid, t in tables.items():
+        p = t["Properties"]
+        spec = by_id[lid.removeprefix("Tables")[:-8]]
+        assert p["SSESpecification"]["SSEEnabled"] is True and p["SSESpecification"]["SSEType"] == "KMS"
+        assert _ref_id(p["SSESpecification"]["KMSMasterKeyId"]).startswith("EncryptionKey")
+        assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+        assert p["BillingMode"] == "PAY_PER_REQUEST"
+        assert p["KeySchema"][0] == {"AttributeName": spec.partition.name, "KeyType": "HASH"}
+        if spec.ttl_attribute:
+            assert p["TimeToLiveSpecification"] == {"AttributeName": spec.ttl_attribute, "Enabled": True}
+        assert [g["IndexName"] for g in p.get("GlobalSecondaryIndexes", [])] == [i.name for i in spec.indexes]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_queues_are_kms_encrypted_tls_only_and_wired_to_dlqs(synth, stage):
+    settings = all_stages()[stage] if stage != "citest" else None
+    queues = synth.resources(stage, "AWS::SQS::Queue")
+    assert len(queues) == 2 * len(RESOURCES.queues)
+    for q in queues.values():
+        assert _ref_id(q["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
+    tls_only = set()
+    for pol in synth.resources(stage, "AWS::SQS::QueuePolicy").values():
+        for st in _statements(pol["Properties"]["PolicyDocument"]):
+            if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
+                tls_only.update(_ref_id(r) for r in pol["Properties"]["Queues"])
+    assert tls_only == set(queues)
+    for spec in RESOURCES.queues:
+        main = next(v for k, v in queues.items() if k.startswith(f"Batch{spec.id}") and "Dlq" not in k)
+        dlq_id = next(k for k in queues if k.startswith(f"Batch{spec.id}Dlq"))
+        redrive = main["Properties"]["RedrivePolicy"]
+        assert redrive["maxReceiveCount"] == spec.max_receive_count
+        assert redrive["deadLetterTargetArn"]["Fn::GetAtt"][0] == dlq_id
+        if settings is not None:
+            timeout = getattr(settings.functions, spec.consumer).timeout_s
+            assert main["Properties"]["VisibilityTimeout"] >= VISIBILITY_FACTOR * timeout
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_event_sources_report_batch_item_failures_for_every_queue_and_dlq(synth, stage):
+    mappings = synth.resources(stage, "AWS::Lambda::EventSourceMapping")
+    assert len(mappings) == 2 * len(RESOURCES.queues)
+    for m in mappings.values():
+        assert m["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_job_inputs_notify_the_job_events_queue(synth, stage):
+    (notif,) = synth.resources(stage, "Custom::S3BucketNotifications").values()
+    (qc,) = notif["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
+    rules = {r["Name"]: r["Value"] for r in qc["Filter"]["Key"]["FilterRules"]}
+    assert rules == {"prefix": RESOURCES.jobs_input_prefix, "suffix": ".jsonl"}
+    assert qc["QueueArn"]["Fn::GetAtt"][0].startswith("BatchJobEvents")
+    assert notif.get("DependsOn"), "notification must wait for the queue policy S3 validates"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_log_group_is_kms_encrypted_with_retention(synth, stage):
+    groups = synth.resources(stage, "AWS::Logs::LogGroup")
+    assert len(groups) == len(FUNCTIONS) + 1   # + API access logs
+    for g in groups.values():
+        assert _ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
+        assert g["Properties"]["RetentionInDays"] > 0
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_key_rotates_and_topic_is_encrypted(synth, stage):
+    (key,) = synth.resources(stage, "AWS::KMS::Key").values()
+    assert key["Properties"]["EnableKeyRotation"] is True
+    services = {st["Principal"].get("Service") if isinstance(st["Principal"].get("Service"), str) else "logs"
+                for st in _statements(key["Properties"]["KeyPolicy"]) if "Service" in st["Principal"]}
+    assert services == {"logs", "s3.amazonaws.com", "cloudwatch.amazonaws.com"}
+    (topic,) = synth.resources(stage, "AWS::SNS::Topic").values()
+    assert _ref_id(topic["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_authorizer_guards_every_method(synth, stage):
+    methods = synth.resources(stage, "AWS::ApiGateway::Method")
+    assert len(methods) == len(ROUTES)
+    (auth_id,) = synth.resources(stage, "AWS::ApiGateway::Authorizer")
+    for m in methods.values():
+        assert m["Properties"]["AuthorizationType"] == "CUSTOM"
+        assert m["Properties"]["AuthorizerId"] == {"Ref": auth_id}
+        assert "RequestValidatorId" in m["Properties"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_api_stage_throttles_traces_and_logs_without_bodies(synth, stage):
+    (st,) = synth.resources(stage, "AWS::ApiGateway::Stage").values()
+    p = st["Properties"]
+    assert p["TracingEnabled"] is True
+    assert _ref_id(p["AccessLogSetting"]["DestinationArn"]).startswith("ApiAccessLogs")
+    (ms,) = p["MethodSettings"]
+    assert ms["DataTraceEnabled"] is False and ms["ThrottlingRateLimit"] > 0 and ms["ThrottlingBurstLimit"] > 0
+    bodies = [json.loads(r["Properties"]["ResponseTemplates"]["application/json"])
+              for r in synth.resources(stage, "AWS::ApiGateway::GatewayResponse").values()]
+    assert bodies and all(set(b["error"]) == {"message", "type", "param", "code"} for b in bodies)
+
+
+def test_waf_guards_prod_only(synth):
+    assert synth.resources("prod", "AWS::WAFv2::WebACLAssociation")
+    assert not synth.resources("dev", "AWS::WAFv2::WebACL")
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_no_iam_wildcard_beyond_the_acknowledged_ones(synth, stage):
+    for lid, pol in synth.resources(stage, "AWS::IAM::Policy").items():
+        for st in _statements(pol["Properties"]["PolicyDocument"]):
+            actions = _as_list(st["Action"])
+            assert not any(a == "*" or a.endswith(":*") for a in actions), (lid, actions)
+            if "*" in _as_list(st["Resource"]):
+                assert set(actions) <= STAR_RESOURCE_ACTIONS, (lid, actions)
+    for lid, role in synth.resources(stage, "AWS::IAM::Role").items():
+        managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
+        assert "FullAccess" not in managed, lid
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_functions_trace_and_get_names_only_environment(synth, stage):
+    fns = {k: v for k, v in synth.resources(stage, "AWS::Lambda::Function").items() if k.startswith("Functions")}
+    assert len(fns) == len(FUNCTIONS)
+    for lid, fn in fns.items():
+        p = fn["Properties"]
+        assert p["TracingConfig"] == {"Mode": "Active"}
+        assert p["Runtime"].startswith("python3.1") and p["MemorySize"] >= 128 and p["Timeout"] >= 1
+        for name, value in p["Environment"]["Variables"].items():
+            assert name.startswith(("POWERTOOLS_", ENV_PREFIX)), name
+            if name.startswith(ENV_PREFIX):
+                assert name[len(ENV_PREFIX):].lower() in Settings.model_fields, name
+            assert not any(w in name for w in ("SECRET", "PASSWORD", "TOKEN")), name
+
+
+def test_api_function_knows_the_heavy_endpoint_only_where_enabled(synth):
+    def api_env(stage):
+        fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items() if k.startswith("Functionsapi"))
+        return fn["Properties"]["Environment"]["Variables"]
+    assert api_env("prod")["CIRRUS_HEAVY_ENDPOINT_NAME"] == "cirrus-prod-heavy"
+    assert api_env("prod")["CIRRUS_HEAVY_INFERENCE_COMPONENT"] == "cirrus-prod-heavy-llm"
+    assert api_env("citest")["CIRRUS_HEAVY_ENDPOINT_NAME"] == "cirrus-citest-heavy"
+    assert "CIRRUS_HEAVY_INFERENCE_COMPONENT" not in api_env("citest")
+    assert "CIRRUS_HEAVY_ENDPOINT_NAME" not in api_env("dev")
+    assert not synth.resources("dev", "AWS::SageMaker::Endpoint")
+
+
+def test_heavy_endpoint_scales_to_zero_with_an_inference_component(synth):
+    (cfg,) = synth.resources("prod", "AWS::SageMaker::EndpointConfig").values()
+    (variant,) = cfg["Properties"]["ProductionVariants"]
+    assert variant["InstanceType"] == "ml.g5.xlarge"
+    assert variant["ManagedInstanceScaling"]["MinInstanceCount"] == 0
+    # g5 has NVMe instance storage (hardware-encrypted); SageMaker rejects a KmsKeyId for it.
+    assert "KmsKeyId" not in cfg["Properties"]
+    (target,) = synth.resources("prod", "AWS::ApplicationAutoScaling::ScalableTarget").values()
+    assert target["Properties"]["MinCapacity"] == 0
+    assert target["Properties"]["ScalableDimension"] == "sagemaker:inference-component:DesiredCopyCount"
+    kinds = {p["Properties"]["PolicyType"] for p in synth.resources("prod", "AWS::ApplicationAutoScaling::ScalingPolicy").values()}
+    assert kinds == {"TargetTrackingScaling", "StepScaling"}   # track load; step up from zero
+
+
+def test_heavy_endpoint_on_ebs_instances_is_kms_encrypted_and_target_tracked(synth):
+    (cfg,) = synth.resources("citest", "AWS::SageMaker::EndpointConfig").values()
+    assert _ref_id(cfg["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
+    (variant,) = cfg["Properties"]["ProductionVariants"]
+    assert variant["InitialInstanceCount"] == 1 and "ModelName" in variant
+    (target,) = synth.resources("citest", "AWS::ApplicationAutoScaling::ScalableTarget").values()
+    assert (target["Properties"]["MinCapacity"], target["Properties"]["MaxCapacity"]) == (1, 3)
+    (model,) = synth.resources("citest", "AWS::SageMaker::Model").values()
+    assert "djl-inference" in json.dumps(model["Properties"]["PrimaryContainer"]["Image"])
+
+
+def test_heavy_execution_role_is_scoped_not_sagemaker_full_access(synth):
+    role_id = next(k for k in synth.resources("prod", "AWS::IAM::Role") if k.startswith("HeavyExecutionRole"))
+    pol = next(v for v in synth.resources("prod", "AWS::IAM::Policy").values()
+               if any(r.get("Ref") == role_id for r in v["Properties"]["Roles"]))
+    actions = {a for st in _statements(pol["Properties"]["PolicyDocument"]) for a in _as_list(st["Action"])}
+    assert not any(a.startswith("sagemaker:") or a.startswith("s3:") for a in actions)
+    assert {"ecr:BatchGetImage", "logs:PutLogEvents", "cloudwatch:PutMetricData"} <= actions
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_alarms_cover_api_functions_dlqs_and_endpoint_and_notify_the_topic(synth, stage):
+    alarms = synth.resources(stage, "AWS::CloudWatch::Alarm")
+    metrics = {a["Properties"].get("MetricName") for a in alarms.values()}
+    assert {"5XXError", "Latency", "Errors", "Throttles", "ApproximateNumberOfMessagesVisible"} <= metrics
+    if stage != "dev":
+        assert {"Invocation5XXErrors", "ModelLatency"} <= metrics
+    topic = next(iter(synth.resources(stage, "AWS::SNS::Topic")))
+    notify = [a for a in alarms.values() if a["Properties"].get("AlarmActions") == [{"Ref": topic}]]
+    assert len(notify) >= len(alarms) - 1   # all but the scale-from-zero trigger, which drives autoscaling
+    assert synth.resources(stage, "AWS::CloudWatch::Dashboard")
+
+
+def test_default_bundles_are_uploaded_under_models_then_pointed_to(synth):
+    deployments = synth.resources("dev", "Custom::CDKBucketDeployment")
+    prefixes = sorted(d["Properties"]["DestinationBucketKeyPrefix"] for d in deployments.values())
+    names = all_stages()["dev"].models
+    assert len(deployments) == 2 * len(names)
+    for name in names:
+        assert f"models/{name}/" in prefixes
+        assert any(p.startswith(f"models/{name}/") and p != f"models/{name}/" for p in prefixes)
+    for lid, d in deployments.items():
+        assert d["Properties"]["ServerSideEncryption"] == "aws:kms"
+        assert d["Properties"]["Prune"] is False
+        if "pointer" in lid:
+            assert any("files" in dep for dep in d.get("DependsOn", []))
