@@ -1,0 +1,83 @@
+"""Cost model: $ per million embeddings on Lambda at the measured latencies, vs a GPU endpoint per hour.
+
+Assumptions (stated in the results too):
+- Prices are AWS public on-demand list prices for us-east-1 as the author knew them (see PRICES:
+  assumed, not fetched at run time; check the pricing pages before relying on them).
+- Lambda gives CPU in proportion to memory: 1,769 MB = one vCPU-second per second, up to 6 vCPUs
+  at 10,240 MB; below 1,769 MB a function gets that fraction of one vCPU, so 1-thread latency
+  stretches by 1769/M. Above it, the speed-up is the one measured here from 1 to 2 threads,
+  capped there: this 2-core machine cannot show more, so larger settings are not credited with
+  more speed (their cost is an upper bound).
+- The Lambda CPU is taken to be as fast per core as this machine's; duration is billed per 1 ms.
+"""
+from __future__ import annotations
+
+import math
+
+PRICES = {
+    "as_of": "2025-01 (assumed list prices, us-east-1, not fetched at run time)",
+    "lambda_x86_gb_second": 0.0000166667,
+    "lambda_request": 0.20 / 1e6,
+    "api_gateway_rest_request": 3.50 / 1e6,
+    "sagemaker_ml_g5_xlarge_hour": 1.408,
+}
+MB_PER_VCPU = 1769
+MAX_VCPU = 6
+MEMORY_SETTINGS_MB = (512, 1024, 1769, 2048, 3008, 3538, 10240)
+
+
+def lambda_latency_s(memory_mb: int, t1_s: float, t_all_s: float, measured_threads: int) -> float:
+    """Latency at ``memory_mb`` from the 1-thread and all-thread latencies measured here."""
+    share = min(memory_mb / MB_PER_VCPU, MAX_VCPU)
+    if share <= 1:
+        return t1_s / share
+    speedup_measured = t1_s / t_all_s if t_all_s > 0 else 1.0
+    # Linear between 1 vCPU (speed-up 1) and the measured thread count; flat beyond it.
+    frac = min(1.0, (share - 1) / max(1, measured_threads - 1))
+    speedup = 1 + frac * (speedup_measured - 1)
+    return t1_s / max(1.0, speedup) if speedup_measured >= 1 else t1_s
+
+
+def per_million(memory_mb: int, latency_s: float, batch: int, *, api_gateway: bool = False) -> float:
+    invocations = 1e6 / batch
+    billed_s = math.ceil(latency_s * 1000) / 1000
+    compute = invocations * billed_s * memory_mb / 1024 * PRICES["lambda_x86_gb_second"]
+    requests = invocations * PRICES["lambda_request"]
+    gateway = invocations * PRICES["api_gateway_rest_request"] if api_gateway else 0.0
+    return compute + requests + gateway
+
+
+def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, float], measured_threads: int) -> dict:
+    """latency[engine] = {"b1_t1", "b1_tall", "b32_t1", "b32_tall"} seconds (medium texts)."""
+    rows = []
+    for engine, lat in latency.items():
+        for mem in MEMORY_SETTINGS_MB:
+            fits = peak_rss_mb.get(engine, 0) < mem * 0.9  # leave the runtime some headroom
+            b1 = lambda_latency_s(mem, lat["b1_t1"], lat["b1_tall"], measured_threads)
+            b32 = lambda_latency_s(mem, lat["b32_t1"], lat["b32_tall"], measured_threads)
+            rows.append({
+                "engine": engine, "memory_mb": mem, "fits_in_memory": fits,
+                "vcpu_share": round(min(mem / MB_PER_VCPU, MAX_VCPU), 2),
+                "b1_latency_ms": round(b1 * 1000, 2), "b32_latency_ms": round(b32 * 1000, 1),
+                "usd_per_million_b1": round(per_million(mem, b1, 1), 3),
+                "usd_per_million_b1_with_api_gateway": round(per_million(mem, b1, 1, api_gateway=True), 3),
+                "usd_per_million_b32": round(per_million(mem, b32, 32), 4),
+            })
+    gpu_hour = PRICES["sagemaker_ml_g5_xlarge_hour"]
+    break_even = {}
+    for engine in latency:
+        fitting = [r for r in rows if r["engine"] == engine and r["fits_in_memory"]]
+        if not fitting:
+            continue
+        best_b1 = min(fitting, key=lambda r: r["usd_per_million_b1"])
+        best_b32 = min(fitting, key=lambda r: r["usd_per_million_b32"])
+        break_even[engine] = {
+            "cheapest_b1": {"memory_mb": best_b1["memory_mb"], "usd_per_million": best_b1["usd_per_million_b1"],
+                            "gpu_break_even_per_s": round(gpu_hour / (best_b1["usd_per_million_b1"] / 1e6) / 3600, 1)},
+            "cheapest_b32": {"memory_mb": best_b32["memory_mb"], "usd_per_million": best_b32["usd_per_million_b32"],
+                             "gpu_break_even_per_s": round(gpu_hour / (best_b32["usd_per_million_b32"] / 1e6) / 3600, 1)},
+        }
+    return {"prices": PRICES, "assumptions": __doc__.split("Assumptions (stated in the results too):")[1].strip(),
+            "gpu_endpoint": {"instance": "ml.g5.xlarge", "usd_per_hour": gpu_hour,
+                             "usd_per_month_always_on": round(gpu_hour * 730, 0)},
+            "rows": rows, "break_even": break_even}
