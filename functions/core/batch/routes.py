@@ -86,7 +86,8 @@ def create_job() -> Response:
     job_id = jobs.new_job_id()
     key = jobs.input_key(job_id)
     record = store.new_job(job_id, status=Status.AWAITING_UPLOAD.value, input_bucket=bucket, input_key=key,
-                           model=req.model, task=req.task, owner=_owner(), chunks_done=0, chunks_failed=0,
+                           model=req.model, task=req.task, owner=_owner(),
+                           defaults={k: v for k, v in (("model", req.model), ("task", req.task)) if v}, chunks_done=0, chunks_failed=0,
                            lines_ok=0, lines_failed=0)
     try:
         store.create(record)

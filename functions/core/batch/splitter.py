@@ -110,13 +110,16 @@ def _resume_or_skip(job: dict[str, Any], token: str) -> str | None:
 def split(job_id: str, ref: ObjectRef, store: JobStore, settings: Settings, *, token: str) -> None:
     job = store.get(job_id) or {}
     try:
-        chunks, lines, defaults = plan(ref, settings, Defaults(model=job.get("model"), task=job.get("task")))
+        # Defaults given to POST /v1/jobs; a header in the file overrides them.
+        chunks, lines, defaults = plan(ref, settings, Defaults(**job.get("defaults", {})))
         model, task = resolve_defaults(defaults, settings)
     except JobRejected as exc:
         jobs.fail_job(store, job_id, exc.code, exc.message)
         return
     messages = [ChunkMessage(job_id=job_id, chunk=i, bucket=ref.bucket, key=ref.key, etag=ref.etag,
-                             start=start, end=end, first_line=first, lines=n, model=model, task=task)
+                             start=start, end=end, first_line=first, lines=n, model=model,
+                             # Only an explicit task is a default for lines naming another model.
+                             task=defaults.task)
                 for i, (start, end, first, n) in enumerate(chunks)]
     # chunks_total is set before any message leaves, so the last worker can always see it is last.
     running = store.update(job_id, {"status": Status.RUNNING.value, "chunks_total": len(messages),
