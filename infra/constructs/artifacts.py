@@ -5,13 +5,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import DefaultStackSynthesizer, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
 
-from infra.constructs import acknowledge
+from infra.constructs import acknowledge, nag_env
 
 from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file
 from infra.resources import RESOURCES
@@ -150,7 +150,8 @@ class BundleUpload(Construct):
             "Serverless-LambdaDLQ": f"{deploy_only}; CloudFormation invokes it and reports failures itself.",
             "Serverless-LambdaTracing": f"{deploy_only}; nothing to trace at request time.",
             f"AwsSolutions-IAM5[Resource::<{dest}.Arn>/*]": f"{deploy_only}; it writes bundles into this bucket.",
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:s3:::cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/*]":
+            "AwsSolutions-IAM5[Resource::arn:{partition}:s3:::cdk-{q}-assets-{account}-{region}/*]".format(
+                q=DefaultStackSynthesizer.DEFAULT_QUALIFIER, **nag_env(self)):
                 f"{deploy_only}; it reads the staged bundle zips from the CDK assets bucket.",
         }
         for action in ("s3:GetBucket*", "s3:GetObject*", "s3:List*", "s3:Abort*", "s3:DeleteObject*",

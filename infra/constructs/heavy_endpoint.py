@@ -10,7 +10,7 @@ from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
-from infra.constructs import acknowledge
+from infra.constructs import acknowledge, nag_env
 from infra.settings import HeavyEndpointSettings
 
 # Container images (AWS Deep Learning Containers). Repository + tag per image kind; the registry
@@ -126,9 +126,11 @@ class HeavyEndpoint(Construct):
         self.endpoint_arn = f"arn:{stack.partition}:sagemaker:{stack.region}:{stack.account}:endpoint/{self.endpoint_name}"
         acknowledge(self.role, id="AwsSolutions-IAM5[Resource::*]",
             reason="ecr:GetAuthorizationToken and cloudwatch:PutMetricData (namespace-conditioned) have no resource ARNs.")
-        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}:*]",
+        e = nag_env(self)
+        logs_arn = f"arn:{e['partition']}:logs:{e['region']}:{e['account']}:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}"
+        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::{logs_arn}:*]",
             reason="SageMaker names the endpoint's log streams itself; scoped to this endpoint's group.")
-        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:logs:<AWS::Region>:<AWS::AccountId>:log-group:/aws/sagemaker/Endpoints/{self.endpoint_name}:log-stream:*]",
+        acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::{logs_arn}:log-stream:*]",
             reason="SageMaker names the endpoint's log streams itself; scoped to this endpoint's group.")
         for action in ("Action::kms:GenerateDataKey*", "Action::kms:ReEncrypt*"):
             acknowledge(self.role, id=f"AwsSolutions-IAM5[{action}]",
