@@ -77,6 +77,7 @@ class ExportConfig:
     max_length: int | None = None  # None: the task reads it from the model
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     opset: int | None = None
+    source_id: str | None = None  # provenance shown in the manifest when ``source`` is a build folder
 
     def fingerprint(self, extra: dict | None = None) -> str:
         blob = json.dumps({"config": asdict(self), "extra": extra or {}}, sort_keys=True, default=str)

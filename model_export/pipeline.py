@@ -144,6 +144,8 @@ def export(config: ExportConfig, work_dir: Path, *, revision: str | None = None,
                 raise ExportError("the model has no fast tokenizer (tokenizer.json); the runtime needs one")
             _write_tokenizer(tok_src, work_dir / "tokenizer.json", max_length)
     fields = task.manifest_fields(source_dir, work_dir)
+    if config.source_id:
+        source["id"] = config.source_id
     work = {"name": config.name, "task": config.task, "source": source, "source_dir": str(source_dir),
             "max_length": max_length, "fields": fields, "config": asdict(config),
             "timings": dict(progress.timings), "sizes": {"fp32_bytes": (work_dir / FP32_FILE).stat().st_size}}
