@@ -104,6 +104,15 @@ def test_classify_returns_the_classifiers_labels_with_probabilities(light_api, b
         assert item["score"] == pytest.approx(want[i].max(), abs=0.02)
 
 
+def test_classify_picks_the_obvious_support_intent(light_api):
+    # The default classifier is fine-tuned on support intents; unambiguous requests must land right.
+    cases = {"I was charged twice for my order": "billing", "I cannot log in to my account": "login_problem",
+             "Please cancel my order": "cancel_order", "Let me talk to a real person": "human_agent"}
+    status, body, _ = call_api(api_event("POST", "/v1/classify", {"model": CLASSIFIER, "input": list(cases)}))
+    assert status == 200, body
+    assert [d["label"] for d in body["data"]] == list(cases.values())
+
+
 def test_classify_top_k_keeps_the_best_labels(light_api):
     status, body, _ = call_api(api_event("POST", "/v1/classify",
                                          {"model": CLASSIFIER, "input": "refund my order", "top_k": 2}))
