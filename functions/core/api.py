@@ -9,7 +9,7 @@ import json
 from typing import Any, TypeVar
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
-from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 from pydantic import BaseModel, ValidationError
 
 from functions.core import service
@@ -91,6 +91,16 @@ def _client_error(err: CirrusError) -> Response:
 def _route_not_found(_: NotFoundError) -> Response:
     ev = app.current_event
     return _error(NotFound(f"Unknown route: {ev.http_method} {ev.path}", code="unknown_route"))
+
+
+@app.exception_handler(ServiceError)
+def _powertools_error(err: ServiceError) -> Response:
+    # Powertools' own HTTP errors (e.g. raised by a router) keep their status, in our body shape.
+    mapped = CirrusError(err.msg)
+    mapped.status = err.status_code
+    mapped.type = "invalid_request_error" if err.status_code < 500 else "server_error"
+    mapped.code = None
+    return _error(mapped)
 
 
 @app.exception_handler(Exception)

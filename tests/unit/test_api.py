@@ -250,6 +250,19 @@ def test_a_bug_is_a_bare_500_without_internals(light_api, monkeypatch):
     assert "internal detail" not in json.dumps(body)
 
 
+def test_powertools_http_errors_from_a_router_keep_their_status_in_the_openai_shape(light_api, monkeypatch):
+    from aws_lambda_powertools.event_handler.exceptions import BadRequestError
+
+    from functions.core import service
+
+    def refuse(*_):
+        raise BadRequestError("missing header X")
+
+    monkeypatch.setattr(service, "list_models", refuse)
+    err = assert_error(*call_api(api_event("GET", "/v1/models"))[:2], 400)
+    assert err["message"] == "missing header X"
+
+
 # ------------------------------------------------------------------------------ unicode
 UNICODE_CASES = {
     "emoji": "I love it 👍🏽🔥 — 10/10 🎉",
