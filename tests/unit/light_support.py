@@ -19,8 +19,8 @@ from tokenizers import Tokenizer
 
 from functions.core import auth, model_store
 from functions.core.adapters.base import reset_clients
-from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file
-from functions.core.model_store import ModelStore
+from functions.core.manifest import Manifest
+from functions.core.model_store import ModelStore, bundle_key, pointer_key
 from functions.core.settings import Settings, get_settings
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -198,23 +198,23 @@ def artifacts_bucket(name: str = "cirrus-artifacts") -> str:
     return name
 
 
-def publish(bucket: str, bundle_dir: Path, *, version: str | None = None,
-            replace: dict[str, bytes] | None = None) -> dict[str, Any]:
-    """Upload a bundle under models/<name>/<version>/ and move the registry pointer to it.
+def publish(bucket: str, bundle_dir: Path) -> dict[str, Any]:
+    """Publish with the real publisher (model_export.publish): files, then the registry pointer."""
+    from model_export.publish import publish_bundle
 
-    ``replace`` swaps a file's bytes after the manifest was written (a corrupted upload).
-    """
-    s3 = boto3.client("s3", region_name=REGION)
-    manifest = Manifest.read(bundle_dir)
-    version = version or manifest.version
-    for rel in [*manifest.files, MANIFEST_NAME]:
-        data = (replace or {}).get(rel) or (bundle_dir / rel).read_bytes()
-        s3.put_object(Bucket=bucket, Key=f"models/{manifest.name}/{version}/{rel}", Body=data)
-    pointer = {"name": manifest.name, "version": version,
-               "manifest_sha256": sha256_file(bundle_dir / MANIFEST_NAME),
-               "updated_at": manifest.created_at, "history": []}
-    s3.put_object(Bucket=bucket, Key=f"models/{manifest.name}/current.json", Body=json.dumps(pointer).encode())
-    return pointer
+    return publish_bundle(bundle_dir, bucket, s3_client=boto3.client("s3", region_name=REGION))
+
+
+def overwrite(bucket: str, name: str, version: str, rel: str, data: bytes) -> None:
+    """Replace one published object behind the publisher's back (damage in S3, or its repair)."""
+    boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=bundle_key(name, version, rel), Body=data)
+
+
+def move_pointer(bucket: str, name: str, version: str, manifest_sha256: str) -> None:
+    body = {"name": name, "version": version, "manifest_sha256": manifest_sha256,
+            "updated_at": "2026-01-01T00:00:00+00:00", "history": []}
+    boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=pointer_key(name),
+                                                      Body=json.dumps(body).encode())
 
 
 def keys_table(name: str = "cirrus-api-keys") -> str:

@@ -12,7 +12,8 @@ from functions.core.adapters import base
 from functions.core.errors import BundleError, ModelNotFound
 from functions.core.manifest import Manifest
 from light_support import (  # noqa: F401  (fixtures)
-    EMBEDDER, REGION, api_event, artifacts_bucket, assert_error, aws, call_api, env, publish,
+    EMBEDDER, REGION, api_event, artifacts_bucket, assert_error, aws, call_api, env, move_pointer, overwrite,
+    publish,
 )
 
 
@@ -49,7 +50,9 @@ def test_model_loads_from_the_registry_pointer_once_per_container(s3_env, bundle
 
 def test_corrupted_bundle_is_refused_with_503_then_the_next_request_retries_cleanly(s3_env, bundles_dir, tmp_path):
     bundle = bundles_dir / EMBEDDER
-    publish(s3_env, bundle, replace={"model.onnx": corrupt((bundle / "model.onnx").read_bytes())})
+    published = publish(s3_env, bundle)
+    good = (bundle / "model.onnx").read_bytes()
+    overwrite(s3_env, EMBEDDER, published["version"], "model.onnx", corrupt(good))
     status, body, _ = embed()
     err = assert_error(status, body, 503, "bundle_invalid")
     assert "sha256 mismatch for model.onnx" in err["message"]
@@ -57,30 +60,33 @@ def test_corrupted_bundle_is_refused_with_503_then_the_next_request_retries_clea
     assert not any((tmp_path / "cache" / EMBEDDER).iterdir())
     assert model_store.loaded_versions() == {}
 
-    publish(s3_env, bundle)  # the operator re-uploads the right file
+    overwrite(s3_env, EMBEDDER, published["version"], "model.onnx", good)  # the operator repairs it
     status, body, _ = embed()
     assert status == 200, body
-    assert model_store.loaded_versions() == {EMBEDDER: Manifest.read(bundle).version}
+    assert model_store.loaded_versions() == {EMBEDDER: published["version"]}
 
 
 def test_manifest_not_matching_the_pointer_digest_is_refused(s3_env, bundles_dir):
-    bundle = bundles_dir / EMBEDDER
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    published = publish(s3_env, bundles_dir / EMBEDDER)
+    manifest = json.loads((bundles_dir / EMBEDDER / "manifest.json").read_text())
     manifest["normalize"] = not manifest["normalize"]  # tampered after publishing
-    publish(s3_env, bundle, replace={"manifest.json": json.dumps(manifest).encode()})
+    overwrite(s3_env, EMBEDDER, published["version"], "manifest.json", json.dumps(manifest).encode())
     with pytest.raises(BundleError, match="manifest sha256 does not match"):
         model_store.get_model(EMBEDDER)
 
 
 def test_file_missing_from_s3_is_a_bundle_error(s3_env, bundles_dir):
-    publish(s3_env, bundles_dir / EMBEDDER)
-    version = Manifest.read(bundles_dir / EMBEDDER).version
-    boto3.client("s3", region_name=REGION).delete_object(Bucket=s3_env, Key=f"models/{EMBEDDER}/{version}/tokenizer.json")
+    published = publish(s3_env, bundles_dir / EMBEDDER)
+    boto3.client("s3", region_name=REGION).delete_object(
+        Bucket=s3_env, Key=f"models/{EMBEDDER}/{published['version']}/tokenizer.json")
     assert_error(*embed()[:2], 503, "bundle_invalid")
 
 
-def test_pointer_to_another_models_manifest_is_refused(s3_env, bundles_dir):
-    publish(s3_env, bundles_dir / EMBEDDER, version="v-other")  # manifest says another version
+def test_pointer_to_a_version_whose_manifest_names_another_is_refused(s3_env, bundles_dir):
+    published = publish(s3_env, bundles_dir / EMBEDDER)
+    manifest = (bundles_dir / EMBEDDER / "manifest.json").read_bytes()
+    overwrite(s3_env, EMBEDDER, "v-other", "manifest.json", manifest)  # copied under another version
+    move_pointer(s3_env, EMBEDDER, "v-other", published["manifest_sha256"])
     with pytest.raises(BundleError, match="manifest names"):
         model_store.get_model(EMBEDDER)
 
