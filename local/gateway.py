@@ -323,6 +323,9 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "cirrus-local-gateway"
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (~40 ms per keep-alive request). API Gateway has no such stall.
+    disable_nagle_algorithm = True
     gateway: Gateway  # set on the subclass made per server
 
     def _serve(self) -> None:
