@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -33,15 +34,19 @@ class LocalCirrus:
     def __init__(self, bundles: Path, log_dir: Path) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="cirrus-bench-local-")
         state = Path(self._tmp.name)
+        # Its own copy of the one bundle it serves: `up` takes the bundles folder's build lock,
+        # and the bench must not wait on (or disturb) another bundle being rebuilt there.
+        shutil.copytree(bundles / MODEL, state / "bundles" / MODEL)
+        bundles = state / "bundles"
         self.key_file = state / "key"
         self._log = open(log_dir / "local-up.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "local", "up", "--port", "0", "--no-heavy", "--models", MODEL,
-             "--bundles-dir", str(bundles), "--state-dir", str(state), "--key-file", str(self.key_file),
+             "--bundles-dir", str(bundles), "--state-dir", str(state / "state"), "--key-file", str(self.key_file),
              "--authorizer-cache-ttl", str(AUTHORIZER_CACHE_TTL_S)],
             cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT)})
-        self.state_file = state / "state.json"
+        self.state_file = state / "state" / "state.json"
 
     def wait(self, timeout: float = 180) -> tuple[str, str]:
         deadline = time.monotonic() + timeout

@@ -32,6 +32,29 @@ t3 = time.perf_counter()
 assert vec.shape == (1, 384)
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
 """,
+    # The floor: onnxruntime + tokenizers + numpy and nothing of Cirrus (no settings, sha256,
+    # Powertools or boto3), to show what the runtime's own imports and checks add.
+    "onnx-bare": r"""
+import time; t0 = time.perf_counter()
+import json, os, sys
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+t1 = time.perf_counter()
+bundle = os.path.join(os.environ["CIRRUS_MODEL_DIR"], "all-minilm-l6-v2")
+tok = Tokenizer.from_file(os.path.join(bundle, "tokenizer.json"))
+session = ort.InferenceSession(os.path.join(bundle, "model.onnx"), providers=["CPUExecutionProvider"])
+t2 = time.perf_counter()
+enc = tok.encode(sys.argv[1])
+ids = np.array([enc.ids], dtype=np.int64)
+mask = np.ones_like(ids)
+hidden = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+vec = hidden.mean(axis=1)
+vec /= np.linalg.norm(vec, axis=1, keepdims=True)
+t3 = time.perf_counter()
+assert vec.shape == (1, 384)
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
+""",
     "pytorch-fp32": r"""
 import time; t0 = time.perf_counter()
 import json, sys

@@ -47,16 +47,20 @@ def per_million(memory_mb: int, latency_s: float, batch: int, *, api_gateway: bo
     return compute + requests + gateway
 
 
-def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, float], measured_threads: int) -> dict:
-    """latency[engine] = {"b1_t1", "b1_tall", "b32_t1", "b32_tall"} seconds (medium texts)."""
+def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, dict[str, float]],
+          measured_threads: int) -> dict:
+    """latency[engine] = {"b1_t1", "b1_tall", "b32_t1", "b32_tall"} seconds (medium texts);
+    peak_rss_mb[engine] = {"b1", "b32"}: the process's peak serving that batch (fits or not)."""
     rows = []
     for engine, lat in latency.items():
         for mem in MEMORY_SETTINGS_MB:
-            fits = peak_rss_mb.get(engine, 0) < mem * 0.9  # leave the runtime some headroom
+            # Lambda's own runtime and buffers need some room too: ask for 10% headroom.
+            fits_b1 = peak_rss_mb[engine]["b1"] < mem * 0.9
+            fits_b32 = peak_rss_mb[engine]["b32"] < mem * 0.9
             b1 = lambda_latency_s(mem, lat["b1_t1"], lat["b1_tall"], measured_threads)
             b32 = lambda_latency_s(mem, lat["b32_t1"], lat["b32_tall"], measured_threads)
             rows.append({
-                "engine": engine, "memory_mb": mem, "fits_in_memory": fits,
+                "engine": engine, "memory_mb": mem, "fits_b1": fits_b1, "fits_b32": fits_b32,
                 "vcpu_share": round(min(mem / MB_PER_VCPU, MAX_VCPU), 2),
                 "b1_latency_ms": round(b1 * 1000, 2), "b32_latency_ms": round(b32 * 1000, 1),
                 "usd_per_million_b1": round(per_million(mem, b1, 1), 3),
@@ -66,11 +70,11 @@ def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, float], m
     gpu_hour = PRICES["sagemaker_ml_g5_xlarge_hour"]
     break_even = {}
     for engine in latency:
-        fitting = [r for r in rows if r["engine"] == engine and r["fits_in_memory"]]
-        if not fitting:
+        mine = [r for r in rows if r["engine"] == engine]
+        best_b1 = min((r for r in mine if r["fits_b1"]), key=lambda r: r["usd_per_million_b1"], default=None)
+        best_b32 = min((r for r in mine if r["fits_b32"]), key=lambda r: r["usd_per_million_b32"], default=None)
+        if best_b1 is None or best_b32 is None:
             continue
-        best_b1 = min(fitting, key=lambda r: r["usd_per_million_b1"])
-        best_b32 = min(fitting, key=lambda r: r["usd_per_million_b32"])
         break_even[engine] = {
             "cheapest_b1": {"memory_mb": best_b1["memory_mb"], "usd_per_million": best_b1["usd_per_million_b1"],
                             "gpu_break_even_per_s": round(gpu_hour / (best_b1["usd_per_million_b1"] / 1e6) / 3600, 1)},

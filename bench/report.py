@@ -5,7 +5,8 @@ from pathlib import Path
 
 REFERENCE = "pytorch-fp32"
 LABELS = {"pytorch-fp32": "PyTorch fp32", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8 (shipped)",
-          "onnx-int8-u8s8": "ONNX int8 u8s8 (candidate)"}
+          "onnx-int8-u8s8": "ONNX int8 u8s8 (candidate)",
+          "onnx-bare": "onnxruntime + tokenizers only (floor)"}
 
 
 def _engines(cell: dict) -> list[str]:
@@ -30,7 +31,7 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
         f"Mode **{r['mode']}**, started {r['started_at']}, took {r.get('elapsed_s', '?')} s. "
         f"Machine: {m['cpu_model']}, {m['cores']} cores{' (VM)' if m.get('hypervisor') else ''}, "
         f"{m['mhz_reported']:.0f} MHz reported, flags {', '.join(m['simd_flags'])}, {m['memory_gb']} GB; "
-        f"load average at start {m['load_avg_at_start']}. onnxruntime {m['versions'].get('onnxruntime')}, "
+        f"load average at start {m['load_avg_at_start']}, at end {m.get('load_avg_at_end')}. onnxruntime {m['versions'].get('onnxruntime')}, "
         f"torch {m['versions'].get('torch')}, transformers {m['versions'].get('transformers')}.",
         "",
         "Absolute times are **this machine's**; the ratios (`x`) are against PyTorch fp32 measured in the same "
@@ -71,17 +72,18 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
               "100 samples p99 is close to the maximum."]
 
     lines += ["", "## Parity, memory, files", "",
-              "| engine | mean cos vs PyTorch | p1 cos | min cos | peak RSS MB (after load / after run) | file MB |",
+              "| engine | mean cos vs PyTorch | p1 cos | min cos | peak RSS MB: loaded / medium b1 / medium b32 / long b32 | file MB |",
               "|---|---|---|---|---|---|"]
     for e in engines:
         p = r["parity"].get(e)
         mem = r["memory"][e]
         cos = f"{p['mean_cosine']:.4f} | {p['p1_cosine']:.4f} | {p['min_cosine']:.4f}" if p else "reference | | "
-        lines.append(f"| {LABELS[e]} | {cos} | {mem['after_load']['peak_rss_mb']:.0f} / "
-                     f"{mem['after_run']['peak_rss_mb']:.0f} | {r['files'][e]['mb']} |")
+        lines.append(f"| {LABELS[e]} | {cos} | {mem['after_load']:.0f} / {mem['medium_b1']:.0f} / "
+                     f"{mem['medium_b32']:.0f} / {mem['long_b32']:.0f} | {r['files'][e]['mb']} |")
     n_par = next(iter(r["parity"].values()))["n_texts"]
     lines += ["", f"Parity over {n_par} texts (the export gate's eval set plus every workload text). "
-              "Peak RSS is each engine's own process (all threads), after loading and after the whole matrix."]
+              "Peak RSS (high-water mark) of a fresh process per engine (all threads), read after loading and "
+              "after each growing workload."]
 
     cold = r.get("cold_start")
     if cold:
@@ -168,10 +170,11 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
               "| engine | memory MB | vCPU | batch-1 ms | $/M batch 1 | + API Gateway | batch-32 ms | $/M batch 32 |",
               "|---|---|---|---|---|---|---|---|"]
     for row in co["rows"]:
-        fit = "" if row["fits_in_memory"] else " (does not fit)"
-        lines.append(f"| {LABELS[row['engine']]} | {row['memory_mb']}{fit} | {row['vcpu_share']} | {row['b1_latency_ms']} | "
-                     f"{row['usd_per_million_b1']} | {row['usd_per_million_b1_with_api_gateway']} | "
-                     f"{row['b32_latency_ms']} | {row['usd_per_million_b32']} |")
+        nf1 = "" if row["fits_b1"] else " (does not fit)"
+        nf32 = "" if row["fits_b32"] else " (does not fit)"
+        lines.append(f"| {LABELS[row['engine']]} | {row['memory_mb']} | {row['vcpu_share']} | {row['b1_latency_ms']} | "
+                     f"{row['usd_per_million_b1']}{nf1} | {row['usd_per_million_b1_with_api_gateway']} | "
+                     f"{row['b32_latency_ms']} | {row['usd_per_million_b32']}{nf32} |")
     lines.append("")
     for e, be in co["break_even"].items():
         lines.append(f"- {LABELS[e]}: cheapest batch-1 at {be['cheapest_b1']['memory_mb']} MB "
@@ -227,12 +230,13 @@ def _plots(r: dict, out: Path) -> list[str]:
                            (axes[1], "usd_per_million_b32", "32 texts per invocation (batch jobs)")):
         mems = sorted({row["memory_mb"] for row in rows})
         width = 0.38
+        fit_key = "fits_b1" if key.endswith("b1") else "fits_b32"
         for i, e in enumerate(sorted({row["engine"] for row in rows}, key=list(LABELS).index)):
             vals = {row["memory_mb"]: row for row in rows if row["engine"] == e}
             xs = [j + (i - 0.5) * width for j in range(len(mems))]
             bars = ax.bar(xs, [vals[mm][key] for mm in mems], width, label=LABELS[e])
             for bar, mm in zip(bars, mems):
-                if not vals[mm]["fits_in_memory"]:
+                if not vals[mm][fit_key]:
                     bar.set_hatch("//")
                     bar.set_alpha(0.4)
         ax.set_xticks(range(len(mems)), [str(mm) for mm in mems])

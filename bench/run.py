@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,8 +54,8 @@ PLANS = {
     "quick": Plan(b1=15, b8=5, b32={"short": 5, "medium": 4, "long": 2}, t1_b1=10,
                   t1_b32={"short": 3, "medium": 3, "long": 2}, warmup=1, cold_reps=2, peak_s=0.5,
                   profile_runs=2, api_seconds=2.0, handler_n=40),
-    "full": Plan(b1=100, b8=40, b32={"short": 30, "medium": 20, "long": 8}, t1_b1=50,
-                 t1_b32={"short": 15, "medium": 10, "long": 4}, warmup=2, cold_reps=5, peak_s=2.0,
+    "full": Plan(b1=80, b8=30, b32={"short": 20, "medium": 15, "long": 6}, t1_b1=40,
+                 t1_b32={"short": 10, "medium": 8, "long": 3}, warmup=2, cold_reps=5, peak_s=2.0,
                  profile_runs=5, api_seconds=8.0, handler_n=200),
 }
 
@@ -120,14 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         results["parity"] = parity({e: workers[(e, all_threads)] for e in names}, REFERENCE,
                                    workloads.parity_texts(texts))
         say(f"  {results['parity']}")
-        results["memory"] = {e: {"after_load": workers[(e, all_threads)].loaded,
-                                 "after_run": workers[(e, all_threads)].ask(op="memory")} for e in names}
     finally:
         for w in workers.values():
             try:
                 w.close()
             except Exception:  # noqa: BLE001 - a dead worker must not hide the real error
                 w.proc.kill()
+
+    say("memory: peak RSS per engine in a fresh process, growing workloads")
+    results["memory"] = _memory(names, all_threads, args.bundles, dirs, raw, texts)
 
     # --- profile --------------------------------------------------------------------------------
     if "profile" not in skip:
@@ -157,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     results["cost"] = _cost(results, all_threads)
     results["targets"] = _targets(results, all_threads)
     results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    m["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     m.pop("_cpu", None)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +177,25 @@ def _files(shipped_dir: Path, dirs: dict[str, Path]) -> dict:
            "onnx-int8": {"file": "model.onnx (shipped bundle)", "mb": round((shipped_dir / "model.onnx").stat().st_size / 1e6, 1)}}
     for name, d in dirs.items():
         out[name] = {"file": "model.onnx", "mb": round((d / "model.onnx").stat().st_size / 1e6, 1)}
+    return out
+
+
+def _memory(names: list[str], threads: int, bundles: Path, dirs: dict[str, Path], raw: Path,
+            texts: dict) -> dict:
+    """High-water RSS after loading, then after each of medium b1, medium b32, long b32 (in that order)."""
+    out = {}
+    for engine in names:
+        w = Worker(engine, threads, bundles=bundles, dirs=dirs, log_dir=raw)
+        try:
+            row = {"after_load": w.wait_ready()["peak_rss_mb"]}
+            w.ask(op="workloads", workloads=texts)
+            for workload, batch in (("medium", 1), ("medium", 32), ("long", 32)):
+                w.ask(op="time", workload=workload, batch=batch)
+                row[f"{workload}_b{batch}"] = w.ask(op="memory")["peak_rss_mb"]
+        finally:
+            w.close()
+        out[engine] = row
+        say(f"  {engine:<15} peak RSS MB {row}")
     return out
 
 
@@ -250,7 +272,7 @@ def _cost(results: dict, threads: int) -> dict:
         t1b32 = lat.get("t1/medium/b32", lat[f"t{threads}/medium/b32"])[e]["p50_ms"] / 1000
         measured[e] = {"b1_t1": t1b1, "b1_tall": lat[f"t{threads}/medium/b1"][e]["p50_ms"] / 1000,
                        "b32_t1": t1b32, "b32_tall": lat[f"t{threads}/medium/b32"][e]["p50_ms"] / 1000}
-    peak = {e: results["memory"][e]["after_run"]["peak_rss_mb"] for e in measured}
+    peak = {e: {"b1": results["memory"][e]["medium_b1"], "b32": results["memory"][e]["medium_b32"]} for e in measured}
     return cost.model(measured, peak, threads)
 
 
