@@ -35,6 +35,9 @@ def decide(model: str, max_tokens: int, settings: Settings, *, want_async: bool 
     heavy = model in settings.heavy_models
     if not light and not heavy:
         raise ModelNotFound(f"The model '{model[:128]}' does not exist or does not generate text", param="model")
+    if heavy and not light and not (settings.heavy_endpoint_name or settings.heavy_async_endpoint_name):
+        raise ModelUnavailable(f"model '{model}' is served by the heavy endpoint, which is disabled in "
+                               f"stage '{settings.stage}'", code="heavy_endpoint_disabled")
     over_sync = max_tokens > settings.sync_max_tokens
     if want_async or over_sync:
         why = "async requested" if want_async else f"max_tokens {max_tokens} > sync budget {settings.sync_max_tokens}"

@@ -1,0 +1,167 @@
+"""POST /v1/chat/completions and /v1/completions through the Lambda handler on real REST events.
+
+Light path: the real cirrus-tiny-gpt2 bundle. Heavy and async paths: the production heavy client
+against the local SageMaker stand-in (loopback HTTP), async job state in moto's S3 (in-process).
+"""
+from __future__ import annotations
+
+import time
+
+import boto3
+import pytest
+
+from functions.core.generation import heavy as heavy_mod
+from functions.core.generation.breaker import reset_breakers
+from functions.core.generation.onnx_generator import SamplingParams
+from generation_support import TINY, tiny_bundle, tiny_generator  # noqa: F401  (fixtures)
+from light_support import api_event, assert_error, aws, call_api, env  # noqa: F401  (fixtures)
+from local.heavy_server import HeavyServer
+
+USER = [{"role": "user", "content": "Where is my order?"}]
+
+
+@pytest.fixture
+def gen_api(env, tiny_bundle):
+    reset_breakers()
+    env(model_dir=str(tiny_bundle.parent), models=[TINY], generation_models=[TINY], light_max_tokens=32,
+        sync_max_tokens=64)
+    yield env
+    reset_breakers()
+
+
+def chat(body, headers=None, path="/v1/chat/completions"):
+    event = api_event("POST", path, body)
+    for k, v in (headers or {}).items():
+        event["headers"][k] = v
+        event.setdefault("multiValueHeaders", {})[k] = [v]
+    return call_api(event)
+
+
+def test_chat_completion_on_the_light_path_matches_the_generator(gen_api, tiny_generator):
+    status, body, headers = chat({"model": TINY, "messages": USER, "max_tokens": 12, "temperature": 0})
+    assert status == 200, body
+    want = tiny_generator.chat([("user", "Where is my order?")], SamplingParams(max_new_tokens=12, temperature=0.0))
+    assert body["object"] == "chat.completion" and body["model"] == TINY
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": want.text}
+    assert body["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": want.completion_tokens,
+                             "total_tokens": want.prompt_tokens + want.completion_tokens}
+    assert headers["x-cirrus-route"].startswith("light; ")
+
+
+def test_completions_route_uses_the_prompt(gen_api, tiny_generator):
+    status, body, _ = chat({"model": TINY, "prompt": "The quick brown fox", "max_tokens": 6, "temperature": 0},
+                           path="/v1/completions")
+    want = tiny_generator.complete("The quick brown fox", SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert status == 200 and body["object"] == "text_completion" and body["choices"][0]["text"] == want.text
+
+
+def test_same_seed_gives_the_same_sampled_reply(gen_api):
+    req = {"model": TINY, "messages": USER, "max_tokens": 10, "temperature": 0.9, "top_p": 0.9, "seed": 42}
+    assert chat(req)[1]["choices"] == chat(req)[1]["choices"]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"model": TINY, "messages": USER, "max_tokens": -1}, "max_tokens"),
+    ({"model": TINY, "messages": USER, "max_tokens": 0}, "max_tokens"),
+    ({"model": TINY, "messages": []}, "messages"),
+    ({"model": TINY, "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+    ({"model": TINY, "messages": USER, "temperature": 3}, "temperature"),
+    ({"model": TINY, "messages": USER, "top_p": 0}, "top_p"),
+    ({"model": TINY, "messages": USER, "n": 2}, "n"),
+    ({"model": TINY, "messages": USER, "stream": True}, "stream"),
+    ({"model": TINY, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"messages": USER}, "model"),
+])
+def test_bad_parameters_are_422_in_the_openai_shape(gen_api, body, param):
+    status, resp, _ = chat(body)
+    err = assert_error(status, resp, 422, "invalid_value")
+    assert err["param"] == param
+
+
+def test_body_that_is_not_json_is_400(gen_api):
+    status, resp, _ = call_api(api_event("POST", "/v1/chat/completions", raw="{nope"))
+    assert_error(status, resp, 400, "invalid_json")
+
+
+def test_unknown_model_is_404(gen_api):
+    status, resp, _ = chat({"model": "gpt-9", "messages": USER})
+    assert_error(status, resp, 404, "model_not_found")
+
+
+def test_over_the_light_budget_without_a_heavy_endpoint_is_422(gen_api):
+    status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 40})
+    assert_error(status, resp, 422, "over_token_budget")
+
+
+def test_heavy_model_with_the_endpoint_disabled_is_a_clear_503(gen_api):
+    gen_api(heavy_models=["big-llm"], stage="dev")
+    status, resp, _ = chat({"model": "big-llm", "messages": USER})
+    err = assert_error(status, resp, 503, "heavy_endpoint_disabled")
+    assert "dev" in err["message"]
+
+
+# --- heavy and async through the stand-in ---------------------------------------------------------
+@pytest.fixture
+def standin(tiny_bundle, aws, monkeypatch):
+    """The stand-in serving the tiny bundle as endpoint 'cirrus-heavy' (and its async twin)."""
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="cirrus-data")
+    srv = HeavyServer(tiny_bundle, endpoint="cirrus-heavy", async_output="s3://cirrus-data/jobs/generation/out",
+                      s3_client=s3).start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", srv.url)
+    heavy_mod.reset_clients()
+    yield srv
+    srv.stop()
+    heavy_mod.reset_clients()
+
+
+def test_over_the_light_budget_goes_heavy_and_says_so(gen_api, standin):
+    gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy")
+    status, body, headers = chat({"model": TINY, "messages": USER, "max_tokens": 40, "temperature": 0})
+    assert status == 200, body
+    assert headers["x-cirrus-route"].startswith("heavy; max_tokens 40 > light budget 32")
+    assert body["model"] == TINY and body["usage"]["completion_tokens"] <= 40
+
+
+def test_heavy_faults_surface_as_503_with_retry_after_then_fast_refusals(gen_api, standin):
+    gen_api(heavy_models=["big-llm"], heavy_endpoint_name="cirrus-heavy", heavy_max_attempts=2,
+            heavy_breaker_failures=2, heavy_breaker_reset_s=60)
+    standin.down = True
+    status, resp, headers = chat({"model": "big-llm", "messages": USER, "max_tokens": 8})
+    assert_error(status, resp, 503, "endpoint_error")
+    assert headers["Retry-After"] == "60"
+    calls = standin.calls
+    status, resp, headers = chat({"model": "big-llm", "messages": USER, "max_tokens": 8})
+    assert_error(status, resp, 503, "endpoint_unavailable")
+    assert standin.calls == calls  # the breaker answered; the endpoint was not called
+
+
+def test_async_request_becomes_a_job_whose_status_route_returns_the_completion(gen_api, standin):
+    gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy", heavy_async_endpoint_name="cirrus-heavy",
+            data_bucket="cirrus-data")
+    status, job, headers = chat({"model": TINY, "messages": USER, "max_tokens": 8, "temperature": 0},
+                                headers={"Prefer": "respond-async"})
+    assert status == 202, job
+    assert headers["x-cirrus-route"].startswith("async; async requested")
+    assert job["status"] == "in_progress" and headers["Location"] == job["status_url"]
+    deadline = time.time() + 20
+    while True:
+        status, view, _ = call_api(api_event("GET", job["status_url"]))
+        if view["status"] != "in_progress" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert status == 200 and view["status"] == "succeeded", view
+    assert view["result"]["object"] == "chat.completion" and view["result"]["model"] == TINY
+
+
+def test_over_the_sync_budget_becomes_a_job(gen_api, standin):
+    gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy", heavy_async_endpoint_name="cirrus-heavy",
+            data_bucket="cirrus-data")
+    status, job, headers = chat({"model": TINY, "messages": USER, "max_tokens": 100})
+    assert status == 202 and headers["x-cirrus-route"].startswith("async; max_tokens 100 > sync budget 64")
+
+
+def test_unknown_job_is_404(gen_api, standin):
+    gen_api(data_bucket="cirrus-data")
+    status, resp, _ = call_api(api_event("GET", "/v1/generation/jobs/genjob-" + "0" * 32))
+    assert_error(status, resp, 404, "job_not_found")

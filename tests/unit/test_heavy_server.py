@@ -1,0 +1,119 @@
+"""The local SageMaker stand-in driven by the production heavy client over loopback HTTP.
+
+boto3 ``sagemaker-runtime`` with ``endpoint_url`` talks to local/heavy_server.py, so the real
+wire format, real timeouts and real retries run; only the GPU is replaced by the tiny ONNX model.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+
+from functions.core.errors import ModelUnavailable, UpstreamTimeout, ValidationFailed
+from functions.core.generation.breaker import CircuitBreaker
+from functions.core.generation.heavy import HeavyClient
+from functions.core.settings import Settings
+from generation_support import TINY, tiny_bundle  # noqa: F401  (fixture)
+from local.heavy_server import HeavyServer
+
+CHAT = {"model": TINY, "messages": [{"role": "user", "content": "Where is my order?"}], "max_tokens": 8,
+        "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle):
+    with HeavyServer(tiny_bundle, endpoint="cirrus-heavy") as srv:
+        yield srv
+
+
+@pytest.fixture
+def heavy(server, aws_env):
+    server.faults.clear()
+    server.down = False
+    settings = Settings(heavy_endpoint_name="cirrus-heavy", heavy_read_timeout_s=0.5, heavy_connect_timeout_s=0.5,
+                        heavy_max_attempts=3, heavy_breaker_failures=2, heavy_breaker_reset_s=0.3)
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=server.url,
+                          config=Config(connect_timeout=0.5, read_timeout=0.5, retries={"total_max_attempts": 1}))
+    breaker = CircuitBreaker("cirrus-heavy", failures=2, reset_s=0.3)
+    return HeavyClient(settings, client=client, breaker=breaker, sleep=lambda s: None)
+
+
+def test_container_contract_ping_and_invocations(server):
+    assert requests.get(f"{server.url}/ping", timeout=5).status_code == 200
+    r = requests.post(f"{server.url}/invocations", json=CHAT, timeout=30)
+    body = r.json()
+    assert r.status_code == 200 and body["object"] == "chat.completion"
+    assert body["usage"]["completion_tokens"] <= 8 and body["choices"][0]["finish_reason"] in {"stop", "length"}
+    bad = requests.post(f"{server.url}/invocations", json={**CHAT, "messages": []}, timeout=5)
+    assert bad.status_code == 422 and "error" in bad.json()
+
+
+def test_production_client_gets_the_same_completion_as_the_local_generator(heavy, tiny_generator_from):
+    answer = heavy.invoke(CHAT)
+    want = tiny_generator_from.chat([("user", "Where is my order?")], _greedy(8))
+    assert answer["choices"][0]["message"]["content"] == want.text
+    assert answer["usage"]["prompt_tokens"] == want.prompt_tokens
+
+
+def test_throttle_then_success_over_http(heavy, server):
+    server.inject("throttle", "throttle")
+    before = server.calls
+    assert heavy.invoke(CHAT)["choices"]
+    assert server.calls - before == 3
+
+
+def test_read_timeout_is_504_then_breaker_opens_and_answers_503_fast(heavy, server):
+    server.inject("slow:1.0", "slow:1.0")
+    with pytest.raises(UpstreamTimeout):
+        heavy.invoke(CHAT)
+    with pytest.raises(UpstreamTimeout):
+        heavy.invoke(CHAT)
+    assert heavy.breaker.state == "open"
+    calls = server.calls
+    started = time.perf_counter()
+    with pytest.raises(ModelUnavailable) as exc:
+        heavy.invoke(CHAT)
+    assert time.perf_counter() - started < 0.05 and server.calls == calls
+    assert "Retry-After" in exc.value.headers
+
+
+def test_endpoint_down_opens_the_breaker_and_recovers_after_reset(heavy, server):
+    server.down = True
+    with pytest.raises(ModelUnavailable):
+        heavy.invoke(CHAT)
+    assert heavy.breaker.state == "open"
+    server.down = False
+    time.sleep(0.35)
+    assert heavy.breaker.state == "half_open"
+    assert heavy.invoke(CHAT)["choices"]
+    assert heavy.breaker.state == "closed"
+
+
+def test_container_422_comes_back_as_validation_error(heavy):
+    with pytest.raises(ValidationFailed) as exc:
+        heavy.invoke({**CHAT, "messages": [{"role": "robot", "content": "x"}]})
+    assert "messages" in exc.value.message
+
+
+def test_unknown_endpoint_name_is_503_not_found(server, aws_env):
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=server.url)
+    heavy = HeavyClient(Settings(heavy_endpoint_name="other"), client=client,
+                        breaker=CircuitBreaker("other", failures=5, reset_s=30), sleep=lambda s: None)
+    with pytest.raises(ModelUnavailable) as exc:
+        heavy.invoke(CHAT)
+    assert exc.value.code == "endpoint_not_found"
+
+
+@pytest.fixture(scope="module")
+def tiny_generator_from(server):
+    return server.generator
+
+
+def _greedy(n: int):
+    from functions.core.generation.onnx_generator import SamplingParams
+
+    return SamplingParams(max_new_tokens=n, temperature=0.0)
