@@ -273,6 +273,7 @@ def build(config: ExportConfig, out_dir: Path, *, version: str | None = None, fo
     """All four stages into ``out_dir``; nothing is left in ``out_dir`` when the gate fails."""
     out_dir = Path(out_dir)
     ensure_writable_dir(out_dir.parent)
+    progress = progress.fresh()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix=f".work-{config.name}-", dir=out_dir.parent) as work:
         export(config, Path(work), revision=revision, progress=progress)

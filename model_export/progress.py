@@ -12,6 +12,10 @@ class Progress:
         self.quiet = quiet
         self.timings: dict[str, float] = {}
 
+    def fresh(self) -> "Progress":
+        """Same output, own timings: one bundle's stage times, not the whole command's."""
+        return Progress(quiet=self.quiet)
+
     def info(self, message: str) -> None:
         if not self.quiet:
             print(message, file=sys.stderr, flush=True)
