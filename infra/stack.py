@@ -14,7 +14,7 @@ from infra.constructs.api import Api
 from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload
 from infra.constructs.batch import Batch
 from infra.constructs.encryption import Encryption
-from infra.constructs.functions import Functions, runtime_env
+from infra.constructs.functions import Functions, encrypted_log_group, runtime_env
 from infra.constructs.heavy_endpoint import HeavyEndpoint
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.tables import Tables
@@ -100,7 +100,8 @@ class CirrusStack(Stack):
 
         self.api = Api(self, "Api", stage=stage, key=key, handler=api, authorizer=authorizer)
         if bundles:
-            BundleUpload(self, "Bundles", bucket=artifacts, key=key, bundles=bundles)
+            BundleUpload(self, "Bundles", bucket=artifacts, key=key, bundles=bundles,
+                         log_group=encrypted_log_group(self, "BundleDeployLogs", key=key, stage=stage))
         monitoring = Monitoring(self, "Monitoring", stage_name=stage.name, key=key, api=self.api.rest_api,
                                 functions=fns.functions, dlqs=batch.dlqs, heavy=heavy,
                                 alarm_email=stage.alarm_email)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from aws_cdk import DefaultStackSynthesizer, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_s3_deployment as s3deploy
 from constructs import Construct
@@ -107,7 +108,7 @@ class BundleUpload(Construct):
     """
 
     def __init__(self, scope: Construct, id: str, *, bucket: s3.IBucket, key: kms.IKey,
-                 bundles: list[Bundle]) -> None:
+                 bundles: list[Bundle], log_group: logs.ILogGroup) -> None:
         super().__init__(scope, id)
         for b in bundles:
             files = s3deploy.BucketDeployment(
@@ -120,6 +121,7 @@ class BundleUpload(Construct):
                 server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
                 server_side_encryption_aws_kms_key_id=key.key_id,
                 memory_limit=1024,
+                log_group=log_group,   # KMS-encrypted, stage retention (else CDK makes a plain one)
             )
             pointer = {"name": b.name, "version": b.version, "manifest_sha256": b.manifest_sha256,
                        "updated_at": b.created_at, "history": []}
@@ -133,6 +135,7 @@ class BundleUpload(Construct):
                 server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
                 server_side_encryption_aws_kms_key_id=key.key_id,
                 memory_limit=1024,   # same as the files deployment: one shared handler function
+                log_group=log_group,
             )
             current.node.add_dependency(files)
         self._acknowledge_deploy_handler(bucket)

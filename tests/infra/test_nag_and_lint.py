@@ -54,15 +54,20 @@ def test_nag_plugin_fails_synth_on_an_unacknowledged_finding(tmp_path):
 
 # CDK output only ever triggers W3005 (redundant DependsOn that CDK adds on purpose).
 CFN_LINT_IGNORED = {"W3005"}
+LINT_REGIONS = ["us-east-1", "us-east-2", "us-west-2", "eu-west-1", "eu-central-1", "ap-northeast-1"]
 
 
 @pytest.mark.slow
 def test_cfn_lint_is_clean_on_every_template(synth):
-    from cfnlint.api import lint_all
+    from cfnlint.api import ManualArgs, lint
 
     findings = []
     for stage in STAGES:
         path = synth.outdir / f"Cirrus-{stage}.template.json"
-        findings += [f"{stage}: {m.rule.id} {m.message}" for m in lint_all(path.read_text())
-                     if m.rule.id not in CFN_LINT_IGNORED]
+        # Errors and warnings; informational (I...) rules are advice, not defects. Linted for the
+        # regions docs/deploy.md names: SageMaker inference components (heavy scale-to-zero) do not
+        # exist in every region, which cfn-lint --regions ALL reports as E3006.
+        matches = lint(path.read_text(), config=ManualArgs(regions=LINT_REGIONS))
+        findings += [f"{stage}: {m.rule.id} {m.message}" for m in matches
+                     if m.rule.id[0] in "EW" and m.rule.id not in CFN_LINT_IGNORED]
     assert findings == []

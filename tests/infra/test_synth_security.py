@@ -131,7 +131,8 @@ def test_job_inputs_notify_the_job_events_queue(synth, stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_log_group_is_kms_encrypted_with_retention(synth, stage):
     groups = synth.resources(stage, "AWS::Logs::LogGroup")
-    assert len(groups) == len(FUNCTIONS) + 1   # + API access logs
+    uploads_bundles = bool(synth.resources(stage, "Custom::CDKBucketDeployment"))
+    assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles   # + API access logs (+ bundle deploy)
     for g in groups.values():
         assert _ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
         assert g["Properties"]["RetentionInDays"] > 0
@@ -273,7 +274,8 @@ def test_default_bundles_are_uploaded_under_models_then_pointed_to(synth):
         assert f"models/{name}/" in prefixes
         assert any(p.startswith(f"models/{name}/") and p != f"models/{name}/" for p in prefixes)
     for lid, d in deployments.items():
-        assert d["Properties"]["ServerSideEncryption"] == "aws:kms"
+        sse = d["Properties"]["SystemMetadata"]
+        assert sse["sse"] == "aws:kms" and _ref_id(sse["sse-kms-key-id"]).startswith("EncryptionKey")
         assert d["Properties"]["Prune"] is False
         if "pointer" in lid:
             assert any("files" in dep for dep in d.get("DependsOn", []))
