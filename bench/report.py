@@ -155,7 +155,15 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
     b = r.get("batch")
     lines += ["", "## Batch jobs", ""]
     if b and "unavailable" not in b:
-        lines.append("From bench/batch_throughput.py:\n\n```json\n" + _json(b) + "\n```")
+        lines += [f"bench/batch_throughput.py: a JSONL job through the real splitter and worker handlers on moto "
+                  f"(in-process), workers sharing one loaded model; the model alone embeds "
+                  f"{b['model_alone_lines_per_s']} lines/s on the same texts.", "",
+                  "| lines | chunk lines | chunks | workers | status | total s | lines/s | of model alone |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in b["runs"]:
+            lines.append(f"| {row['lines']} | {row['chunk_lines']} | {row['chunks']} | {row['workers']} | "
+                         f"{row['status']} | {row['total_s']} | {row['lines_per_s']} | "
+                         f"{row['lines_per_s'] / b['model_alone_lines_per_s']:.0%} |")
     else:
         lines.append(f"Not measured in this run: {(b or {}).get('unavailable', 'skipped')}.")
 
@@ -186,12 +194,6 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2)[:4000]
 
 
 def _plots(r: dict, out: Path) -> list[str]:
@@ -234,7 +236,7 @@ def _plots(r: dict, out: Path) -> list[str]:
         for i, e in enumerate(sorted({row["engine"] for row in rows}, key=list(LABELS).index)):
             vals = {row["memory_mb"]: row for row in rows if row["engine"] == e}
             xs = [j + (i - 0.5) * width for j in range(len(mems))]
-            bars = ax.bar(xs, [vals[mm][key] for mm in mems], width, label=LABELS[e])
+            bars = ax.bar(xs, [vals[mm][key] for mm in mems], width, color=f"C{i}")
             for bar, mm in zip(bars, mems):
                 if not vals[mm][fit_key]:
                     bar.set_hatch("//")
@@ -245,7 +247,10 @@ def _plots(r: dict, out: Path) -> list[str]:
         ax.set_title(f"Lambda, medium texts, {title}")
         ax.set_yscale("log")
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    from matplotlib.patches import Patch
+
+    axes[0].legend(handles=[Patch(color=f"C{i}", label=LABELS[e]) for i, e in enumerate(
+        sorted({row["engine"] for row in rows}, key=list(LABELS).index))], fontsize=8)
     fig.suptitle(f"Cost per million embeddings (prices {r['cost']['prices']['as_of'].split(' (')[0]}, assumed; hatched: "
                  "does not fit in memory)")
     fig.tight_layout()
@@ -253,3 +258,17 @@ def _plots(r: dict, out: Path) -> list[str]:
     plt.close(fig)
     written.append("cost_per_million.png")
     return written
+
+
+def main() -> None:
+    """``python -m bench.report [DIR]``: re-render results.md and the plots from DIR/results.json."""
+    import json
+    import sys
+
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parent / "results"
+    write(json.loads((out / "results.json").read_text()), out)
+    print(f"wrote {out}/results.md and plots")
+
+
+if __name__ == "__main__":
+    main()

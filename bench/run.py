@@ -231,18 +231,27 @@ def _handler(bundles: Path, raw: Path, plan: Plan) -> dict:
 
 
 def _batch(raw: Path, quick: bool) -> dict:
-    """Batch-job lines/s come from the batch engineer's bench/batch_throughput.py when it exists."""
+    """Batch-job lines/s from the batch engineer's bench/batch_throughput.py (real handlers on moto)."""
     if importlib.util.find_spec("bench.batch_throughput") is None:
-        say("batch: bench/batch_throughput.py is not there yet: batch lines/s not measured")
+        say("batch: bench/batch_throughput.py is not there: batch lines/s not measured")
         return {"unavailable": "bench/batch_throughput.py not present in this checkout"}
-    out_file = raw / "batch_throughput.json"
-    cmd = [sys.executable, "-m", "bench.batch_throughput", "--out", str(out_file)] + (["--quick"] if quick else [])
+    from bench import batch_throughput
+
+    # A 10k-line job in chunks of the deployed size (Settings.batch_chunk_lines), 1/2/4 workers.
+    sizes = ["--lines", "2000", "--chunks", "500", "--workers", "1,2"] if quick else \
+        ["--lines", "10000", "--chunks", "1000", "--workers", "1,2,4"]
+    cmd = [sys.executable, "-m", "bench.batch_throughput", *sizes]
     say(f"batch: {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    out_file = Path(batch_throughput.OUT)
+    out_file.unlink(missing_ok=True)
+    with open(raw / "batch_throughput.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not out_file.is_file():
-        return {"unavailable": f"bench.batch_throughput failed (rc {proc.returncode}): "
-                               f"{proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(out_file.read_text())
+        return {"unavailable": f"bench.batch_throughput failed (rc {proc.returncode}); see {raw / 'batch_throughput.log'}"}
+    data = json.loads(out_file.read_text())
+    for row in data.get("runs", []):
+        say(f"  {row['lines']} lines, chunks of {row['chunk_lines']}, {row['workers']} workers: {row['lines_per_s']} lines/s")
+    return data
 
 
 def _ceiling(shipped_dir: Path, results: dict, threads: int, peaks: dict) -> dict:
