@@ -77,11 +77,9 @@ class Batch(Construct):
             if child.node.id.startswith("BucketNotificationsHandler"):
                 acknowledge(child, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole]",
                             reason="CDK's deploy-time handler that sets the bucket notification; runs only during deployment.")
-        wiring = [(spec.consumer, self.queues[spec.id], f"the queue's DLQ after {spec.max_receive_count} receives")
-                  for spec in RESOURCES.queues]
-        wiring += [(spec.dlq_consumer, self.dlqs[spec.id], "the DLQ itself (retried until the 14-day retention), "
-                    "alarmed on") for spec in RESOURCES.queues if spec.dlq_consumer]
-        for consumer, queue, where in wiring:
+        wiring = [(spec.consumer, self.queues[spec.id]) for spec in RESOURCES.queues]
+        wiring += [(spec.dlq_consumer, self.dlqs[spec.id]) for spec in RESOURCES.queues if spec.dlq_consumer]
+        for consumer, queue in wiring:
             fn = consumers[consumer]
             fn.add_event_source(sources.SqsEventSource(
                 queue,
@@ -89,7 +87,7 @@ class Batch(Construct):
                 # Only failed messages return to the queue; the rest of the batch is not redone.
                 report_batch_item_failures=True,
             ))
-        for consumer in {c for c, _, _ in wiring}:
+        for consumer in {c for c, _ in wiring}:
             for child in consumers[consumer].node.children:
                 if child.node.id.startswith("SqsEventSource:"):
                     acknowledge(child, id="Serverless-LambdaEventSourceMappingDestination",
