@@ -96,13 +96,13 @@ def _redirect_output_to(log_file: Path) -> None:
 def banner(st, cfg: LocalConfig) -> str:
     url, key = st.url, st.api_key
     py = ".venv/bin/python"
-    models = ", ".join(st.models) or "(none)"
+    models = ", ".join(f"{m} ({st.tasks[m]})" for m in st.models) or "(none)"
     lines = [
         "",
         f"Cirrus is running on this machine (started in {st.timings_s['total']:.1f} s).",
         "",
         f"  API        {url}   (OpenAI-compatible: /v1/embeddings, /v1/classify, /v1/models, /health"
-        + (", /v1/chat/completions" if st.heavy_url or "cirrus-tiny-gpt2" in st.models else "")
+        + (", /v1/chat/completions" if "text-generation" in st.tasks.values() else "")
         + (", /v1/jobs" if st.batch else "") + ")",
         f"  API key    {key}",
         "             (shown once; more: python -m local keys create --name NAME)",
@@ -111,7 +111,7 @@ def banner(st, cfg: LocalConfig) -> str:
         f"  Logs       {cfg.log_file}",
     ]
     if st.heavy_url:
-        lines.append(f"  Heavy      SageMaker stand-in on {st.heavy_url}")
+        lines.append(f"  Heavy      model {st.heavy_model} on a SageMaker stand-in at {st.heavy_url}")
     lines += [f"  Note       {n}" for n in st.notes]
     lines += [
         "",
@@ -125,8 +125,13 @@ def banner(st, cfg: LocalConfig) -> str:
         f"  client = OpenAI(base_url=\"{url}/v1\", api_key=os.environ[\"CIRRUS_KEY\"])",
         "  out = client.embeddings.create(model=\"all-minilm-l6-v2\", input=[\"hello\", \"world\"])",
         "  print(len(out.data), len(out.data[0].embedding))",
-        "  EOF",
     ]
+    gen = [m for m, task in st.tasks.items() if task == "text-generation"]
+    for model in gen + ([st.heavy_model] if st.heavy_url else []):
+        lines.append(f"  chat = client.chat.completions.create(model=\"{model}\", max_tokens=16, "
+                     "messages=[{\"role\": \"user\", \"content\": \"Hello\"}])")
+        lines.append("  print(chat.choices[0].message.content)   # an untrained demo model: random words")
+    lines += ["  EOF"]
     if st.batch:
         lines += [
             "",
@@ -185,14 +190,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     state = {"version": STATE_VERSION, "pid": os.getpid(), "state": "running", "host": cfg.host,
              "started_at": time.time(), "startup_s": round(time.perf_counter() - t0, 2),
              "log_file": str(cfg.log_file), **st.public()}
-    write_state(cfg.state_dir, state)
+
+    def heartbeat() -> None:
+        # For `status`: what runs, counters, memory.
+        state.update(system.health(), heartbeat=time.time(), rss_mb=rss_mb(os.getpid()),
+                     heavy_rss_mb=rss_mb(st.heavy_pid) if st.heavy_pid else None)
+        write_state(cfg.state_dir, state)
+
+    heartbeat()
     console.write(banner(st, cfg))
     try:
         while not stop.wait(2.0):
-            # A heartbeat for `status`: what runs, counters, memory.
-            state.update(system.health(), heartbeat=time.time(), rss_mb=rss_mb(os.getpid()),
-                         heavy_rss_mb=rss_mb(st.heavy_pid) if st.heavy_pid else None)
-            write_state(cfg.state_dir, state)
+            heartbeat()
     except KeyboardInterrupt:
         pass
     console.write("\n==> stopping Cirrus ...\n")
@@ -423,7 +432,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # `keys` passes its arguments through to functions.keys, options first included (--help, --table).
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command != "keys":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if args.command == "keys":
+        args.keys_args = rest + list(args.keys_args)
     return args.func(args)
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger("local")
 
 HEAVY_SERVER_MODULE = "local.heavy_server"
 HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
+HEAVY_MODEL_SUFFIX = "-heavy"
 HEAVY_ASYNC_OUTPUT_PREFIX = "jobs/generation/async-output/"
 DEV_KEY_NAME = "local-dev"
 
@@ -69,9 +70,11 @@ class Started:
     tables: dict[str, str]
     queues: dict[str, dict[str, Any]]
     models: dict[str, str]                      # name -> published version
+    tasks: dict[str, str]                       # name -> manifest task
     batch: bool                                 # splitter/worker pollers running
     heavy_url: str | None
     heavy_pid: int | None
+    heavy_model: str | None
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -108,7 +111,7 @@ class LocalSystem:
                 prov = self._aws()
             with _timed(timings, "publish"):
                 models = self._publish(bundles, prov)
-            with _timed(timings, "api_key"):
+            with _timed(timings, "dev_key"):
                 key, key_id = self._dev_key(prov)
             with _timed(timings, "heavy"):
                 heavy_url, heavy_pid, heavy_note = self._heavy(bundles, prov)
@@ -124,7 +127,8 @@ class LocalSystem:
         self.started = Started(
             url=gateway_url, aws_endpoint_url=prov.endpoint_url, api_key=key, api_key_id=key_id,
             buckets=prov.buckets, tables=prov.tables, queues={k: vars(v) for k, v in prov.queues.items()},
-            models=models, batch=batch, heavy_url=heavy_url, heavy_pid=heavy_pid, timings_s=timings,
+            models=models, tasks={n: _task(p) or "?" for n, p in bundles.items()}, batch=batch, heavy_url=heavy_url, heavy_pid=heavy_pid,
+            heavy_model=self.heavy_model if heavy_url else None, timings_s=timings,
             notes=[n for n in (heavy_note, batch_note) if n])
         return self.started
 
@@ -196,7 +200,9 @@ class LocalSystem:
         bundle = next((p for n, p in bundles.items() if _task(p) == "text-generation"), None)
         if bundle is None:
             return None, None, "heavy path: no text-generation bundle to serve"
-        self.heavy_model = bundle.name
+        # The stage settings forbid a heavy model name that a Lambda also serves (infra.settings);
+        # the stand-in serves the generation bundle under its own name, as the GPU model would.
+        self.heavy_model = f"{bundle.name}{HEAVY_MODEL_SUFFIX}"
         port = free_port(self.cfg.host)
         log_path = self.cfg.state_dir / "heavy-server.log"
         logf = open(log_path, "ab")
@@ -218,7 +224,8 @@ class LocalSystem:
             try:
                 with urllib.request.urlopen(url + "/ping", timeout=1) as r:
                     if r.status == 200:
-                        self.say(f"heavy: SageMaker stand-in on {url} (pid {proc.pid}) serving {bundle.name}")
+                        self.say(f"heavy: SageMaker stand-in on {url} (pid {proc.pid}) serving {bundle.name} "
+                                 f"as model {self.heavy_model}")
                         return url, proc.pid, None
             except OSError:
                 time.sleep(0.2)
@@ -232,8 +239,8 @@ class LocalSystem:
         fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
                       max_receive_count=prov.queues["Work"].max_receive_count)
         if heavy_url:
-            # The stand-in serves the generation bundle as the "GPU" model: requests over the light
-            # token budget, and async ones, go to it through the production SageMaker client.
+            # Requests for the heavy model (sync and async) reach the stand-in through the production
+            # SageMaker runtime client.
             fields.update(heavy_endpoint_name=HEAVY_ENDPOINT_NAME, heavy_async_endpoint_name=HEAVY_ENDPOINT_NAME,
                           heavy_models=[self.heavy_model])
         env = Settings(**fields).env()

@@ -1,0 +1,91 @@
+"""Batch jobs end to end on the local system: S3 drop -> notification -> SQS -> splitter -> workers -> S3."""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import requests
+
+from infra.resources import RESOURCES
+
+TERMINAL = {"succeeded", "succeeded_with_errors", "failed"}
+
+
+def _wait_job(local_cirrus, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    job = None
+    while time.monotonic() < deadline:
+        r = local_cirrus.get(f"/v1/jobs/{job_id}")
+        if r.status_code == 200:
+            job = r.json()
+            if job["status"] in TERMINAL:
+                return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} not finished in {timeout} s; last seen: {job}")
+
+
+def _jsonl(url: str) -> list[dict]:
+    r = requests.get(url, timeout=30)
+    assert r.status_code == 200, r.text[:300]
+    return [json.loads(line) for line in r.text.splitlines() if line.strip()]
+
+
+def test_a_file_dropped_in_the_data_bucket_becomes_a_job_with_one_line_out_per_line_in(local_cirrus):
+    from functions.core.batch.jobs import job_id_for
+
+    good = [{"id": f"q{i}", "input": f"question number {i} about my order"} for i in range(40)]
+    lines = [json.dumps(x) for x in good]
+    bad_at = {5: "{not json", 17: json.dumps({"id": "no-input"}), 33: json.dumps({"input": 12})}
+    for pos, raw in sorted(bad_at.items()):
+        lines.insert(pos, raw)
+    body = ("\n".join(lines) + "\n").encode()
+    bucket = local_cirrus.state["buckets"]["Data"]
+    key = f"{RESOURCES.jobs_input_prefix}it-{uuid.uuid4().hex[:8]}.jsonl"
+    etag = local_cirrus.aws("s3").put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
+    job_id = job_id_for(bucket, key, etag)
+
+    job = _wait_job(local_cirrus, job_id)
+    assert job["status"] == "succeeded_with_errors", job
+    assert job["counts"] == {"total": 43, "succeeded": 40, "failed": 3}
+    results = _jsonl(job["output"]["results_url"])
+    errors = _jsonl(job["output"]["errors_url"])
+    # Every input line exactly once, in input order, results carrying the line's id.
+    assert [r["id"] for r in results] == [g["id"] for g in good]
+    assert sorted(r["line"] for r in results) == [r["line"] for r in results]
+    assert [e["line"] for e in errors] == [p + 1 for p in sorted(bad_at)]
+    assert sorted([r["line"] for r in results] + [e["line"] for e in errors]) == list(range(1, 44))
+    assert all(len(r["embedding"]) == 384 for r in results)
+
+
+def test_jobs_api_with_inline_inputs_runs_a_classification_job(local_cirrus):
+    r = local_cirrus.post("/v1/jobs", {"model": "cirrus-intent-minilm", "task": "classify",
+                                       "inputs": ["refund my order please", "my parcel never arrived"]})
+    assert r.status_code == 201, r.text
+    job = _wait_job(local_cirrus, r.json()["id"])
+    assert job["status"] == "succeeded", job
+    results = _jsonl(job["output"]["results_url"])
+    assert [x["line"] for x in results] == [1, 2]
+    assert all("label" in x for x in results)
+    listed = local_cirrus.get("/v1/jobs")
+    assert job["id"] in {j["id"] for j in listed.json()["data"]}
+
+
+def test_jobs_api_presigned_upload_starts_the_job(local_cirrus):
+    r = local_cirrus.post("/v1/jobs", {"model": "all-minilm-l6-v2"})
+    assert r.status_code == 201, r.text
+    upload = r.json()["upload"]
+    put = requests.put(upload["url"], data=b'{"input": "hello"}\n{"input": "world"}\n', timeout=30)
+    assert put.status_code == 200, put.text[:300]
+    job = _wait_job(local_cirrus, r.json()["id"])
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 2
+
+
+def test_submit_cli_uploads_a_file_and_waits_for_the_job(local_cirrus, tmp_path):
+    f = tmp_path / "cli-job.jsonl"
+    f.write_text('{"input": "one"}\n{"input": "two"}\nnot json\n')
+    out = local_cirrus.cli("submit", str(f), "--wait", "--timeout", "120", "--download", str(tmp_path / "out"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "succeeded_with_errors" in out.stdout
+    results = list((tmp_path / "out").glob("*.results.jsonl"))
+    assert len(results) == 1 and len(results[0].read_text().splitlines()) == 2
