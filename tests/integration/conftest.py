@@ -22,7 +22,7 @@ import requests
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180
 # Short visibility so a failed batch message comes back in seconds, not 6x the function timeout.
-VISIBILITY_S = 5
+VISIBILITY_S = 3
 
 
 @dataclass

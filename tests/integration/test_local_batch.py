@@ -89,3 +89,30 @@ def test_submit_cli_uploads_a_file_and_waits_for_the_job(local_cirrus, tmp_path)
     assert "succeeded_with_errors" in out.stdout
     results = list((tmp_path / "out").glob("*.results.jsonl"))
     assert len(results) == 1 and len(results[0].read_text().splitlines()) == 2
+
+
+def _pollers(local_cirrus) -> dict:
+    return json.loads((local_cirrus.state_dir / "state.json").read_text()).get("pollers", {})
+
+
+def test_a_poison_work_message_is_retried_then_dead_lettered_and_consumed_by_the_dlq_handler(local_cirrus):
+    """Retries come from the queue's visibility timeout, the DLQ move from its redrive policy."""
+    work = local_cirrus.state["queues"]["Work"]
+    worker = next(k for k in _pollers(local_cirrus) if k.endswith(work["url"].rsplit("/", 1)[-1]))
+    dlq = next(k for k in _pollers(local_cirrus) if k.endswith(work["dlq_url"].rsplit("/", 1)[-1]))
+    failed_before, dead_before = _pollers(local_cirrus)[worker]["failed"], _pollers(local_cirrus)[dlq]["deleted"]
+    local_cirrus.aws("sqs").send_message(QueueUrl=work["url"], MessageBody="this is not a chunk message")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        p = _pollers(local_cirrus)
+        if p[dlq]["deleted"] > dead_before:
+            break
+        time.sleep(0.5)
+    p = _pollers(local_cirrus)
+    assert p[dlq]["deleted"] == dead_before + 1, p
+    # Exactly maxReceiveCount deliveries to the worker, each reported failed, none deleted.
+    assert p[worker]["failed"] - failed_before == work["max_receive_count"], p
+    sqs = local_cirrus.aws("sqs")
+    for url in (work["url"], work["dlq_url"]):
+        attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+        assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
