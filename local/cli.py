@@ -165,8 +165,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         log.info(msg)
 
     stop = threading.Event()
-    # SIGTERM (`down`, a test fixture) stops as cleanly as Ctrl-C.
+    # SIGTERM (`down`, a test fixture) stops as cleanly as Ctrl-C. Ctrl-C raises KeyboardInterrupt
+    # even when the shell started us with SIGINT ignored (a background job `&`).
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from local.system import LocalSystem, StartupError
 
     system = LocalSystem(cfg, say=say)
@@ -346,7 +348,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job is None:
         print(f"error: job {job_id} did not finish within {args.timeout} s", file=sys.stderr)
         return 1
-    print(json.dumps(job, indent=2, default=str))
+    import functions.core.api  # noqa: F401 - the app first: routes.py cannot be imported on its own
+    from functions.core.batch.routes import view  # the job API's public shape of a record
+
+    print(json.dumps(view(job, with_urls=False), indent=2, default=str))
     if args.download and job.get("status", "").startswith("succeeded"):
         for kind in ("results", "errors"):
             out_key = f"{RESOURCES.jobs_output_prefix}{job_id}/{kind}.jsonl"

@@ -120,6 +120,9 @@ class LocalSystem:
                 gateway_url = self._gateway()
             with _timed(timings, "batch"):
                 batch, batch_note = self._batch(prov)
+        except ImportError as exc:
+            self.stop()
+            raise missing_dependency(exc) from None
         except BaseException:
             self.stop()
             raise
