@@ -80,3 +80,21 @@ RESOURCES = Resources(
         QueueSpec(id="Work", env="work_queue_url", consumer="batch_worker", dlq_consumer="batch_dlq"),
     ),
 )
+
+
+# Every route the api function serves: (method, API Gateway resource path). The REST API
+# (infra.constructs.api) creates exactly these and the local gateway (local/gateway.py) routes by
+# them, so a route missing here answers 404 before reaching Lambda, in AWS and locally alike.
+ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/health"),
+    ("GET", "/v1/models"),
+    ("GET", "/v1/models/{model}"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/classify"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/jobs"),
+    ("GET", "/v1/jobs"),
+    ("GET", "/v1/jobs/{id}"),
+    ("GET", "/v1/generation/jobs/{id}"),  # async generation status (functions.core.generation)
+)

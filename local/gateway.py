@@ -1,11 +1,14 @@
-"""A local API Gateway (REST, Lambda proxy): HTTP -> TOKEN authorizer -> API Gateway v1 event -> handler.
+"""A local API Gateway (REST, Lambda proxy): HTTP -> route -> TOKEN authorizer -> v1 event -> handler.
 
-What a deployed REST API does in front of the api Lambda, done in-process and in milliseconds:
-the identity source (``Authorization`` header) checked before any Lambda runs, the TOKEN
-authorizer's IAM policy evaluated against the method ARN (optionally cached per token, like API
-Gateway's authorizer cache), the proxy event built in the v1 format, and the Lambda's proxy
-response turned back into HTTP (502 on a function error or a malformed response, 504 past the
-integration timeout). Gateway-generated errors use the same OpenAI-style body as the API.
+What the deployed REST API (infra/constructs/api.py) does in front of the api Lambda, in-process
+and in milliseconds: only the routes of ``infra.resources.ROUTES`` exist (anything else is a 404
+before any Lambda runs); the identity source (``Authorization`` header) is required; the TOKEN
+authorizer's IAM policy is evaluated against the method ARN (optionally cached per token, like
+API Gateway's authorizer cache); POST bodies must be JSON objects (the stack's request
+validator); the proxy event is built in the v1 format with the route's ``resource`` and
+``pathParameters``; the Lambda's proxy response goes back as HTTP (502 on a function error or a
+malformed response, 504 past the integration timeout). Gateway-made errors carry the same
+status, type and code as the stack's gateway responses (OpenAI-style bodies).
 """
 from __future__ import annotations
 
@@ -16,29 +19,76 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from functions.core.errors import CirrusError, Forbidden, PayloadTooLarge, Unauthorized
+from functions.core.errors import CirrusError, InvalidJSON, NotFound, PayloadTooLarge, Unauthorized
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
 log = logging.getLogger("local.gateway")
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway REST request payload limit
-PROXY_RESOURCE = "/{proxy+}"
+INTEGRATION_TIMEOUT_S = 29            # API Gateway REST integration timeout
+
+# The stack's gateway responses (infra.constructs.api.GATEWAY_ERRORS), mirrored here because that
+# module needs aws_cdk: same status, type and code for the same situation.
+MSG_UNAUTHORIZED = "Missing or invalid API key (Authorization: Bearer <key>)."
+MSG_SERVER = "The server had an error while processing your request."
 
 
-class BadGateway(CirrusError):
-    """The integration failed: the function raised, or returned something that is not a proxy response."""
+class GatewayError(CirrusError):
+    """A 5xx made by the gateway itself (DEFAULT_5XX), with the status API Gateway would use."""
 
-    status, type, code = 502, "server_error", "bad_gateway"
+    type, code = "server_error", "internal_error"
+
+    def __init__(self, status: int, message: str = MSG_SERVER, *, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
 
 
-class GatewayTimeout(CirrusError):
-    status, type, code = 504, "server_error", "gateway_timeout"
+def gateway_timeout() -> GatewayError:
+    return GatewayError(504, "The request took too long; use the jobs API for long work.", code="timeout")
+
+
+# ----------------------------------------------------------------------------- routes
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    resource: str                 # API Gateway resource path, e.g. /v1/jobs/{id}
+    pattern: re.Pattern
+
+    @classmethod
+    def of(cls, method: str, resource: str) -> "Route":
+        regex = ""
+        for part in re.split(r"(\{[^}]+\})", resource):
+            if part.startswith("{") and part.endswith("+}"):
+                regex += f"(?P<{part[1:-2]}>.+)"          # greedy {proxy+}
+            elif part.startswith("{"):
+                regex += f"(?P<{part[1:-1]}>[^/]+)"
+            else:
+                regex += re.escape(part)
+        return cls(method.upper(), resource, re.compile(regex))
+
+
+class Routes:
+    """The API's resources and methods; a request matches one route or is API Gateway's 404."""
+
+    def __init__(self, routes: Sequence[tuple[str, str]]) -> None:
+        self._routes = [Route.of(m, r) for m, r in routes]
+
+    def match(self, method: str, path: str) -> tuple[str, dict[str, str] | None]:
+        # Literal segments win over {params} as in API Gateway: try the most literal resources first.
+        for route in sorted(self._routes, key=lambda r: r.resource.count("{")):
+            m = route.pattern.fullmatch(path)
+            if m and route.method == method:
+                return route.resource, (m.groupdict() or None)
+        raise NotFound("Unknown route.", code="not_found")
 
 
 # ----------------------------------------------------------------------------- events
@@ -61,9 +111,10 @@ def method_arn(api_id: str, stage: str, method: str, path: str) -> str:
     return f"arn:aws:execute-api:{REGION}:{ACCOUNT_ID}:{api_id}/{stage}/{method}/{path.lstrip('/')}"
 
 
-def build_proxy_event(req: HttpRequest, *, api_id: str, stage: str, request_id: str,
-                      authorizer: dict[str, Any] | None, host: str) -> dict[str, Any]:
-    """The API Gateway REST (v1) proxy event for ``req`` on a ``/{proxy+}`` resource."""
+def build_proxy_event(req: HttpRequest, *, resource: str, path_parameters: dict[str, str] | None,
+                      api_id: str, stage: str, request_id: str, authorizer: dict[str, Any] | None,
+                      host: str) -> dict[str, Any]:
+    """The API Gateway REST (v1) proxy event for ``req`` matched to ``resource``."""
     split = urlsplit(req.target)
     path = unquote(split.path) or "/"
     multi_q: dict[str, list[str]] = {}
@@ -76,7 +127,6 @@ def build_proxy_event(req: HttpRequest, *, api_id: str, stage: str, request_id: 
         multi_h.setdefault(k, []).append(v)
     body, is_b64 = _event_body(req.body, req.header("content-type"))
     now = time.time()
-    resource = "/" if path == "/" else PROXY_RESOURCE
     return {
         "resource": resource,
         "path": path,
@@ -85,7 +135,7 @@ def build_proxy_event(req: HttpRequest, *, api_id: str, stage: str, request_id: 
         "multiValueHeaders": multi_h,
         "queryStringParameters": {k: v[-1] for k, v in multi_q.items()} or None,
         "multiValueQueryStringParameters": multi_q or None,
-        "pathParameters": None if resource == "/" else {"proxy": path.lstrip("/")},
+        "pathParameters": path_parameters,
         "stageVariables": None,
         "requestContext": {
             "accountId": ACCOUNT_ID,
@@ -197,9 +247,11 @@ class HttpResponse:
 class Gateway:
     """Turns one HTTP request into the authorizer + api Lambda calls API Gateway would make."""
 
-    def __init__(self, api: LambdaFunction, authorizer: LambdaFunction | None, *, stage: str,
-                 api_id: str = "cirruslocal", cache_ttl_s: int = 0, timeout_s: float = 29,
+    def __init__(self, api: LambdaFunction, authorizer: LambdaFunction | None, *,
+                 routes: Sequence[tuple[str, str]], stage: str, api_id: str = "cirruslocal",
+                 cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
                  host: str = "127.0.0.1") -> None:
+        self.routes = Routes(routes)
         self.api = api
         self.authorizer = authorizer
         self.stage = stage
@@ -217,7 +269,7 @@ class Gateway:
             resp = _error_response(err)
         except Exception:  # noqa: BLE001 - a gateway bug must still answer, and be in the log
             log.exception("gateway error request_id=%s", request_id)
-            resp = _error_response(BadGateway("Internal server error"))
+            resp = _error_response(GatewayError(500))
         resp.headers += [("x-amzn-RequestId", request_id), ("x-amz-apigw-id", request_id[:16])]
         # Access log: ids, sizes and timings only; never the body or the Authorization header.
         log.info("ACCESS request_id=%s method=%s path=%s status=%d bytes_in=%d bytes_out=%d ms=%.1f",
@@ -226,20 +278,25 @@ class Gateway:
         return resp
 
     def _handle(self, req: HttpRequest, request_id: str) -> HttpResponse:
+        # API Gateway's order: size limit, route, authorizer, request validation, integration.
         if len(req.body) > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge(f"Request body exceeds {MAX_PAYLOAD_BYTES} bytes.")
+            raise PayloadTooLarge("The request body is too large.")
         path = unquote(urlsplit(req.target).path) or "/"
+        resource, path_params = self.routes.match(req.method, path)
         authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
-        event = build_proxy_event(req, api_id=self.api_id, stage=self.stage, request_id=request_id,
-                                  authorizer=authorizer_ctx, host=self.host)
+        if req.method == "POST":
+            _validate_json_object(req)
+        event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,
+                                  stage=self.stage, request_id=request_id, authorizer=authorizer_ctx,
+                                  host=self.host)
         started = time.monotonic()
         try:
             result = self.api.invoke(event)
         except Exception as exc:  # noqa: BLE001 - any function error is a 502 at the gateway
             log.error("api function error request_id=%s error=%s", request_id, type(exc).__name__)
-            raise BadGateway("Internal server error") from exc
+            raise GatewayError(502) from exc
         if time.monotonic() - started > self.timeout_s:
-            raise GatewayTimeout("Endpoint request timed out")
+            raise gateway_timeout()
         return proxy_response_to_http(result)
 
     def _authorize(self, req: HttpRequest, arn: str) -> dict[str, Any] | None:
@@ -248,7 +305,7 @@ class Gateway:
         token = req.header("authorization")
         if not token:
             # API Gateway answers 401 without calling the authorizer when the identity source is empty.
-            raise Unauthorized("Missing API key: send the header 'Authorization: Bearer <key>'.")
+            raise Unauthorized(MSG_UNAUTHORIZED)
         policy = self.cache.get(token)
         started = time.perf_counter()
         if policy is None:
@@ -258,25 +315,40 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001
                 # A Lambda authorizer signals 401 by failing with exactly "Unauthorized".
                 if str(exc) == "Unauthorized":
-                    raise Unauthorized("Incorrect API key provided.") from None
+                    raise Unauthorized(MSG_UNAUTHORIZED) from None
                 log.error("authorizer error type=%s", type(exc).__name__)
-                raise CirrusError("Authorizer failed.", code="authorizer_error") from exc
+                raise GatewayError(500) from exc
             if not isinstance(policy, dict):
-                raise CirrusError("Authorizer returned no policy.", code="authorizer_error")
+                log.error("authorizer returned no policy")
+                raise GatewayError(500)
         try:
             allowed = evaluate_policy(policy, arn)
         except ValueError as exc:
             log.error("authorizer returned an invalid policy: %s", exc)
-            raise CirrusError("Authorizer returned an invalid policy.", code="authorizer_error") from None
+            raise GatewayError(500) from None
         self.cache.put(token, policy)
         if not allowed:
-            raise Forbidden("This API key is not allowed to access this resource.")
+            # ACCESS_DENIED: the stack answers it as a 401 like a bad key (a key is all a client has).
+            raise Unauthorized(MSG_UNAUTHORIZED)
         # API Gateway hands the context to the integration with string values + principalId.
         ctx = {k: (json.dumps(v) if isinstance(v, bool) else str(v))
                for k, v in (policy.get("context") or {}).items()}
         ctx["principalId"] = policy["principalId"]
         ctx["integrationLatency"] = int((time.perf_counter() - started) * 1000)
         return ctx
+
+
+def _validate_json_object(req: HttpRequest) -> None:
+    """The stack's request validator: a POST body (JSON content type or none) must be a JSON object."""
+    ctype = (req.header("content-type") or "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        return
+    try:
+        ok = isinstance(json.loads(req.body.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError):
+        ok = False
+    if not ok:
+        raise InvalidJSON("The request body must be a JSON object.")
 
 
 def _error_response(err: CirrusError) -> HttpResponse:
@@ -291,12 +363,12 @@ def proxy_response_to_http(result: Any) -> HttpResponse:
     """Map a Lambda proxy response to HTTP; anything malformed is API Gateway's 502."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         log.error("malformed Lambda proxy response (no integer statusCode)")
-        raise BadGateway("Internal server error")
+        raise GatewayError(502)
     headers: list[tuple[str, str]] = []
     multi = result.get("multiValueHeaders") or {}
     single = result.get("headers") or {}
     if not isinstance(multi, dict) or not isinstance(single, dict):
-        raise BadGateway("Internal server error")
+        raise GatewayError(502)
     for k, values in multi.items():
         headers += [(k, str(v)) for v in _as_list(values)]
     seen = {k.lower() for k in multi}
@@ -305,7 +377,7 @@ def proxy_response_to_http(result: Any) -> HttpResponse:
     if body is None:
         raw = b""
     elif not isinstance(body, str):
-        raise BadGateway("Internal server error")
+        raise GatewayError(502)
     elif result.get("isBase64Encoded"):
         raw = base64.b64decode(body)
     else:

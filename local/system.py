@@ -259,10 +259,11 @@ class LocalSystem:
         get_settings.cache_clear()
 
     def _gateway(self) -> str:
+        from infra.resources import ROUTES
         from local.gateway import Gateway, GatewayServer
 
         api, auth = self._function("api"), self._function("authorizer")
-        gw = Gateway(api, auth, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
+        gw = Gateway(api, auth, routes=ROUTES, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
                      host=self.cfg.host)
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)

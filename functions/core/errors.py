@@ -37,12 +37,6 @@ class Unauthorized(CirrusError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 
 
-class Forbidden(CirrusError):
-    """The key is known but may not call this resource (an authorizer Deny, as API Gateway's 403)."""
-
-    status, type, code = 403, "permission_error", "forbidden"
-
-
 class NotFound(CirrusError):
     status, type, code = 404, "invalid_request_error", "not_found"
 

@@ -12,22 +12,8 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.functions import encrypted_log_group
+from infra.resources import ROUTES  # the routes are plain data, shared with the local gateway
 from infra.settings import StageSettings
-
-# Every route the api function serves. A route missing here answers 404 before reaching Lambda,
-# so new routes must be added here as well as in the function's resolver.
-ROUTES: tuple[tuple[str, str], ...] = (
-    ("GET", "/health"),
-    ("GET", "/v1/models"),
-    ("GET", "/v1/models/{model}"),
-    ("POST", "/v1/embeddings"),
-    ("POST", "/v1/classify"),
-    ("POST", "/v1/chat/completions"),
-    ("POST", "/v1/completions"),
-    ("POST", "/v1/jobs"),
-    ("GET", "/v1/jobs"),
-    ("GET", "/v1/jobs/{id}"),
-)
 
 # Gateway-made errors in the same OpenAI shape as the function's (functions/core/errors.py).
 # Field validation stays in the function (422 with the field named), so local and AWS agree; the

@@ -8,11 +8,16 @@ import pytest
 import requests
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayServer, HttpRequest, evaluate_policy,
+from infra.resources import ROUTES
+from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayServer, HttpRequest, Routes, evaluate_policy,
                            method_arn)
 from local.lambdas import LambdaFunction
 
 ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:cirruslocal/local"
+# A small API for the fake handlers; the real one is infra.resources.ROUTES (tested below too).
+TEST_ROUTES = (("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/embeddings"), ("POST", "/v1/echo"),
+               ("GET", "/v1/jobs/{id}"), ("GET", "/bin"), ("POST", "/v1/upload"), ("GET", "/x"),
+               ("GET", "/files/{path+}"))
 
 
 def allow_all(token_event, context=None, *, effect="Allow", resource=None):
@@ -41,7 +46,7 @@ def make_gateway(api_answer=None, authorizer=allow_all, cache_ttl_s=0):
     api = Recorder(api_answer)
     auth = Recorder(authorizer) if authorizer else None
     gw = Gateway(LambdaFunction("api", api), LambdaFunction("authorizer", auth) if auth else None,
-                 stage="local", cache_ttl_s=cache_ttl_s)
+                 routes=TEST_ROUTES, stage="local", cache_ttl_s=cache_ttl_s)
     return gw, api, auth
 
 
@@ -70,10 +75,10 @@ def test_gateway_builds_a_v1_proxy_event_with_authorizer_context(served):
                       headers={**AUTH, "Content-Type": "application/json", "X-Multi": "one"})
     assert r.status_code == 200 and r.json() == {"ok": True}
     event, ctx = api.events[0]
-    assert event["resource"] == "/{proxy+}"
+    assert event["resource"] == "/v1/embeddings"
     assert event["path"] == "/v1/embeddings"
     assert event["httpMethod"] == "POST"
-    assert event["pathParameters"] == {"proxy": "v1/embeddings"}
+    assert event["pathParameters"] is None
     assert event["queryStringParameters"] == {"a": "2", "b": "x y"}
     assert event["multiValueQueryStringParameters"] == {"a": ["1", "2"], "b": ["x y"]}
     assert event["headers"]["Content-Type"] == "application/json"
@@ -99,8 +104,8 @@ def test_powertools_rest_resolver_routes_gateway_events(served):
     @app.get("/v1/jobs/<job_id>")
     def get_job(job_id):
         ev = app.current_event
-        return {"job": job_id, "q": ev.get_query_string_value("x"),
-                "principal": ev.request_context.authorizer.get("principalId")}
+        return {"job": job_id, "q": ev.get_query_string_value("x"), "resource": ev.resource,
+                "params": ev.path_parameters, "principal": ev.request_context.authorizer.get("principalId")}
 
     @app.post("/v1/echo")
     def echo():
@@ -109,10 +114,42 @@ def test_powertools_rest_resolver_routes_gateway_events(served):
     url, _, _ = served(api_answer=lambda e, c: app.resolve(e, c))
     r = requests.get(url + "/v1/jobs/j-42?x=7", headers=AUTH)
     assert r.status_code == 200
-    assert r.json() == {"job": "j-42", "q": "7", "principal": "key-1"}
-    r = requests.post(url + "/v1/echo", data="héllo ✓".encode(), headers=AUTH)
-    assert r.status_code == 201 and r.content.decode() == "héllo ✓" and r.headers["Content-Type"] == "text/plain"
-    assert requests.get(url + "/nope", headers=AUTH).status_code == 404
+    assert r.json() == {"job": "j-42", "q": "7", "resource": "/v1/jobs/{id}", "params": {"id": "j-42"},
+                        "principal": "key-1"}
+    r = requests.post(url + "/v1/echo", data='{"text": "héllo ✓"}'.encode(), headers=AUTH)
+    assert r.status_code == 201 and json.loads(r.content.decode()) == {"text": "héllo ✓"}
+    assert r.headers["Content-Type"] == "text/plain"
+
+
+def test_unknown_route_or_method_is_404_before_any_function_runs(served):
+    url, api, auth = served()
+    for method, path in (("GET", "/nope"), ("DELETE", "/v1/models"), ("GET", "/v1/jobs/a/b"), ("GET", "/v1/models/")):
+        r = requests.request(method, url + path, headers=AUTH)
+        assert r.status_code == 404, (method, path)
+        assert r.json()["error"]["code"] == "not_found"
+    assert auth.events == [] and api.events == []
+
+
+def test_greedy_path_parameter_takes_the_rest_of_the_path(served):
+    url, api, _ = served()
+    assert requests.get(url + "/files/a/b%20c.txt", headers=AUTH).status_code == 200
+    event = api.events[0][0]
+    assert event["resource"] == "/files/{path+}" and event["pathParameters"] == {"path": "a/b c.txt"}
+
+
+def test_post_body_that_is_not_a_json_object_is_400_after_authorization(served):
+    url, api, auth = served()
+    for body in (b"{not json", b"[1, 2]", b"", b"\xff\xfe"):
+        r = requests.post(url + "/v1/embeddings", data=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert api.events == [] and len(auth.events) == 4
+
+
+def test_the_real_route_table_matches_literal_segments_and_parameters():
+    routes = Routes(ROUTES)
+    assert routes.match("GET", "/v1/jobs") == ("/v1/jobs", None)
+    assert routes.match("GET", "/v1/jobs/job_1") == ("/v1/jobs/{id}", {"id": "job_1"})
+    assert routes.match("POST", "/v1/embeddings") == ("/v1/embeddings", None)
 
 
 def test_missing_authorization_is_401_without_calling_the_authorizer(served):
@@ -134,17 +171,18 @@ def test_authorizer_unauthorized_error_is_401(served):
     assert api.events == []
 
 
-def test_authorizer_deny_policy_is_403(served):
+def test_authorizer_deny_policy_is_the_stacks_401(served):
+    # The stack maps ACCESS_DENIED to 401 invalid_api_key (infra/constructs/api.py GATEWAY_ERRORS).
     url, api, _ = served(authorizer=lambda e, c: allow_all(e, effect="Deny"))
     r = requests.get(url + "/v1/models", headers=AUTH)
-    assert r.status_code == 403 and r.json()["error"]["type"] == "permission_error"
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     assert api.events == []
 
 
-def test_allow_for_another_route_only_is_403(served):
+def test_allow_for_another_route_only_is_denied(served):
     url, api, _ = served(authorizer=lambda e, c: allow_all(e, resource=ARN_PREFIX + "/GET/v1/models"))
     assert requests.get(url + "/v1/models", headers=AUTH).status_code == 200
-    assert requests.post(url + "/v1/embeddings", headers=AUTH, json={}).status_code == 403
+    assert requests.post(url + "/v1/embeddings", headers=AUTH, json={}).status_code == 401
     assert len(api.events) == 1
 
 
@@ -154,7 +192,8 @@ def test_authorizer_crash_or_bad_policy_is_500(served):
 
     url, api, _ = served(authorizer=crash)
     r = requests.get(url + "/health", headers=AUTH)
-    assert r.status_code == 500 and r.json()["error"]["code"] == "authorizer_error"
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "table missing" not in r.text
     url2, _, _ = served(authorizer=lambda e, c: {"principalId": "x"})
     assert requests.get(url2 + "/health", headers=AUTH).status_code == 500
     assert api.events == []
@@ -177,6 +216,7 @@ def test_function_error_is_502_with_openai_style_body(served):
     r = requests.get(url + "/v1/models", headers=AUTH)
     assert r.status_code == 502
     assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+    assert r.json()["error"]["type"] == "server_error"
     assert "bug" not in r.text  # never a stack trace or exception text
 
 
@@ -201,7 +241,8 @@ def test_proxy_response_headers_and_base64_body_reach_the_client(served):
 
 def test_binary_request_body_reaches_the_function_base64_encoded(served):
     url, api, _ = served()
-    requests.post(url + "/v1/upload", data=b"\xff\xfe\x00binary", headers=AUTH)
+    requests.post(url + "/v1/upload", data=b"\xff\xfe\x00binary",
+                  headers={**AUTH, "Content-Type": "application/octet-stream"})
     event = api.events[0][0]
     assert event["isBase64Encoded"] is True
     assert base64.b64decode(event["body"]) == b"\xff\xfe\x00binary"
