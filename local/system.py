@@ -26,7 +26,6 @@ log = logging.getLogger("local")
 HEAVY_SERVER_MODULE = "local.heavy_server"
 HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
 HEAVY_MODEL_SUFFIX = "-heavy"
-HEAVY_ASYNC_OUTPUT_PREFIX = "jobs/generation/async-output/"
 DEV_KEY_NAME = "local-dev"
 
 
@@ -196,6 +195,8 @@ class LocalSystem:
         return key, record.key_id
 
     def _heavy(self, bundles: dict[str, Path], prov) -> tuple[str | None, int | None, str | None]:
+        from functions.core.generation.service import JOBS_PREFIX as GENERATION_JOBS_PREFIX
+
         if not self.cfg.heavy:
             return None, None, "heavy path: off (--no-heavy)"
         if importlib.util.find_spec(HEAVY_SERVER_MODULE) is None:
@@ -213,8 +214,9 @@ class LocalSystem:
         proc = subprocess.Popen(
             [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", self.cfg.host, "--port", str(port),
              "--bundle", str(bundle), "--endpoint", HEAVY_ENDPOINT_NAME,
-             # SageMaker async inference writes results under the endpoint's S3OutputPath.
-             "--async-output", f"s3://{prov.buckets['Data']}/{HEAVY_ASYNC_OUTPUT_PREFIX}"],
+             # SageMaker async inference writes results under the endpoint's S3OutputPath (the
+             # stack's: <generation jobs prefix>out/, infra/constructs/heavy_async.py).
+             "--async-output", f"s3://{prov.buckets['Data']}/{GENERATION_JOBS_PREFIX}out/"],
             cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)
         logf.close()
