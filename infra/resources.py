@@ -56,6 +56,7 @@ class Resources:
     jobs_input_prefix: str = "jobs/input/"
     jobs_output_prefix: str = "jobs/output/"
     jobs_work_prefix: str = "jobs/work/"
+    jobs_generation_prefix: str = "jobs/generation/"  # async generation jobs (functions.core.generation)
     extra: dict = field(default_factory=dict)
 
 

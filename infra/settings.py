@@ -76,6 +76,13 @@ class HeavyEndpointSettings(_Strict):
     target_invocations_per_copy: int = Field(4, ge=1, le=10_000)  # per minute, target tracking
     scale_in_cooldown_s: int = Field(600, ge=0, le=86_400)
     startup_health_check_timeout_s: int = Field(900, ge=60, le=3600)
+    # A second, SageMaker *async* endpoint for the same model that takes generation jobs (header
+    # `Prefer: respond-async` or max_tokens over the sync budget). On by default wherever the heavy
+    # endpoint is on: it scales to 0 instances when its backlog is empty, so idle it costs nothing.
+    async_enabled: bool = True
+    async_max_capacity: int = Field(1, ge=1, le=100)
+    async_max_concurrent_invocations: int = Field(4, ge=1, le=1000)   # per instance (TGI batches them)
+    async_target_backlog_per_instance: int = Field(5, ge=1, le=10_000)  # target tracking on the backlog
 
     @field_validator("instance_type")
     @classmethod

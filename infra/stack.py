@@ -15,6 +15,7 @@ from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload
 from infra.constructs.batch import Batch
 from infra.constructs.encryption import Encryption
 from infra.constructs.functions import Functions, encrypted_log_group, runtime_env
+from infra.constructs.heavy_async import HeavyAsyncEndpoint
 from infra.constructs.heavy_endpoint import HeavyEndpoint
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.tables import Tables
@@ -24,7 +25,7 @@ from infra.settings import StageSettings
 # Which Settings fields (functions/core/settings.py) each function receives. Names only.
 FUNCTION_ENV = {
     "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "jobs_table", "data_bucket",
-            "heavy_endpoint_name", "heavy_models", "heavy_inference_component"),
+            "heavy_endpoint_name", "heavy_models", "heavy_inference_component", "heavy_async_endpoint_name"),
     "authorizer": ("stage", "api_keys_table"),
     "batch_splitter": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
                        "jobs_table", "idempotency_table", "work_queue_url", "max_receive_count"),
@@ -53,6 +54,8 @@ class CirrusStack(Stack):
         batch = Batch(self, "Batch", stage=stage, key=key)
         heavy = (HeavyEndpoint(self, "Heavy", stage_name=stage.name, settings=stage.heavy, key=key,
                                artifacts=storage.artifacts) if stage.heavy.enabled else None)
+        heavy_async = (HeavyAsyncEndpoint(self, "HeavyAsync", heavy=heavy, data=storage.data, key=key)
+                       if heavy is not None and stage.heavy.async_enabled else None)
 
         # Resource names reach the runtime through the Settings field each spec names.
         receives = {q.max_receive_count for q in RESOURCES.queues}
@@ -67,6 +70,8 @@ class CirrusStack(Stack):
         if heavy is not None:
             values |= {"heavy_endpoint_name": heavy.endpoint_name, "heavy_models": [stage.heavy.served_model],
                        "heavy_inference_component": heavy.inference_component_name}
+        if heavy_async is not None:
+            values["heavy_async_endpoint_name"] = heavy_async.endpoint_name
         env = {fn: runtime_env(**{f: values.get(f) for f in fields}) for fn, fields in FUNCTION_ENV.items()}
         fns = Functions(self, "Functions", stage=stage, assets=assets, key=key, env=env)
 
@@ -82,6 +87,12 @@ class CirrusStack(Stack):
         self._grant_table(api, tables["Jobs"], "read_write")
         if heavy is not None:
             heavy.grant_invoke(api)
+        if heavy_async is not None:
+            # Generation jobs: request.json + job.json written, results read (List makes a missing
+            # result a 404, i.e. "in progress", instead of AccessDenied).
+            heavy_async.grant_invoke_async(api)
+            self._grant_s3(api, data, RESOURCES.jobs_generation_prefix, "put")
+            self._grant_s3(api, data, RESOURCES.jobs_generation_prefix, "read")
         self._grant_table(authorizer, tables["ApiKeys"], "read")
         self._grant_s3(splitter, artifacts, models, "read")  # unknown models end the job with a clear error
         batch.queues["Work"].grant_send_messages(splitter)
@@ -103,7 +114,7 @@ class CirrusStack(Stack):
             BundleUpload(self, "Bundles", bucket=artifacts, key=key, bundles=bundles,
                          log_group=encrypted_log_group(self, "BundleDeployLogs", key=key, stage=stage))
         monitoring = Monitoring(self, "Monitoring", stage_name=stage.name, key=key, api=self.api.rest_api,
-                                functions=fns.functions, dlqs=batch.dlqs, heavy=heavy,
+                                functions=fns.functions, dlqs=batch.dlqs, heavy=heavy, heavy_async=heavy_async,
                                 alarm_email=stage.alarm_email)
         # Alarms publish to the encrypted topic as the CloudWatch service itself.
         encryption.allow_service("cloudwatch.amazonaws.com")
@@ -115,6 +126,8 @@ class CirrusStack(Stack):
         CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
         if heavy is not None:
             CfnOutput(self, "HeavyEndpointName", value=heavy.endpoint_name)
+        if heavy_async is not None:
+            CfnOutput(self, "HeavyAsyncEndpointName", value=heavy_async.endpoint_name)
 
     # --- grants with their cdk-nag acknowledgements, derived from the grant itself ---------------
     def _lid(self, cfn_parent) -> str:

@@ -69,6 +69,8 @@ class Artifacts(Construct):
                 s3.LifecycleRule(id="job-work", prefix=RESOURCES.jobs_work_prefix, expiration=Duration.days(7)),
                 s3.LifecycleRule(id="job-inputs", prefix=RESOURCES.jobs_input_prefix, expiration=Duration.days(30)),
                 s3.LifecycleRule(id="job-outputs", prefix=RESOURCES.jobs_output_prefix, expiration=Duration.days(30)),
+                s3.LifecycleRule(id="generation-jobs", prefix=RESOURCES.jobs_generation_prefix,
+                                 expiration=Duration.days(30)),
                 s3.LifecycleRule(id="noncurrent", noncurrent_version_expiration=Duration.days(7),
                                  abort_incomplete_multipart_upload_after=Duration.days(1)),
             ],

@@ -44,6 +44,16 @@ def takes_kms_key(instance_type: str) -> bool:
     return instance_type.split(".")[1] not in LOCAL_STORAGE_FAMILIES
 
 
+def autoscaling_role(scope: Construct) -> iam.IRole:
+    """The service-linked role Application Auto Scaling creates itself: no custom policy to widen."""
+    stack = Stack.of(scope)
+    return iam.Role.from_role_arn(
+        scope, "AutoScalingRole",
+        f"arn:{stack.partition}:iam::{stack.account}:role/aws-service-role/"
+        "sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
+        mutable=False)
+
+
 class HeavyEndpoint(Construct):
     """GPU endpoint for generation with a least-privilege execution role.
 
@@ -213,19 +223,15 @@ class HeavyEndpoint(Construct):
             scale_out_cooldown=Duration.seconds(60))
 
     def _autoscaling_role(self) -> iam.IRole:
-        # The service-linked role Application Auto Scaling creates itself: no custom policy to widen.
-        stack = Stack.of(self)
-        return iam.Role.from_role_arn(
-            self, "AutoScalingRole",
-            f"arn:{stack.partition}:iam::{stack.account}:role/aws-service-role/"
-            "sagemaker.application-autoscaling.amazonaws.com/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint",
-            mutable=False)
+        return autoscaling_role(self)
 
     def grant_invoke(self, grantee: iam.IGrantable) -> None:
-        """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it)."""
-        iam.Grant.add_to_principal(
-            grantee=grantee, actions=["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"],
-            resource_arns=[self.endpoint_arn])
+        """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it).
+
+        Async jobs go to the separate async endpoint (HeavyAsyncEndpoint.grant_invoke_async).
+        """
+        iam.Grant.add_to_principal(grantee=grantee, actions=["sagemaker:InvokeEndpoint"],
+                                   resource_arns=[self.endpoint_arn])
 
     def invocation_metric(self, name: str, statistic: str = "Sum") -> cloudwatch.Metric:
         dims = ({"InferenceComponentName": self.inference_component_name} if self.inference_component_name

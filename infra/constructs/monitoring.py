@@ -12,9 +12,12 @@ from aws_cdk import aws_sns_subscriptions as subs
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from infra.constructs.heavy_async import HeavyAsyncEndpoint
 from infra.constructs.heavy_endpoint import HeavyEndpoint
 
 API_P99_MS = 5_000
+# A job still queued after this long: the endpoint is not starting or not keeping up.
+ASYNC_OLDEST_REQUEST_S = 1_800
 
 
 class Monitoring(Construct):
@@ -22,7 +25,8 @@ class Monitoring(Construct):
 
     def __init__(self, scope: Construct, id: str, *, stage_name: str, key: kms.IKey, api: apigw.RestApi,
                  functions: dict[str, lambda_.Function], dlqs: dict[str, sqs.Queue],
-                 heavy: HeavyEndpoint | None, alarm_email: str | None) -> None:
+                 heavy: HeavyEndpoint | None, alarm_email: str | None,
+                 heavy_async: HeavyAsyncEndpoint | None = None) -> None:
         super().__init__(scope, id)
         self.topic = sns.Topic(self, "Alarms", display_name=f"Cirrus {stage_name} alarms",
                                master_key=key, enforce_ssl=True)
@@ -67,6 +71,15 @@ class Monitoring(Construct):
                         desc="heavy endpoint p99 model latency above 60 s", periods=3)
             rows.append([cloudwatch.GraphWidget(title="Heavy endpoint: 5xx, p99 model latency (us)", width=12,
                                                 left=[errs], right=[latency])])
+        if heavy_async is not None:
+            failures = heavy_async.metric("InvocationFailures")
+            oldest = heavy_async.metric("ApproximateAgeOfOldestRequest", "Maximum")
+            self._alarm("HeavyAsyncFailures", failures, threshold=1, desc="async generation jobs failed")
+            self._alarm("HeavyAsyncOldestRequest", oldest, threshold=ASYNC_OLDEST_REQUEST_S,
+                        desc=f"an async generation job waited over {ASYNC_OLDEST_REQUEST_S} s", periods=2)
+            rows.append([cloudwatch.GraphWidget(
+                title="Heavy async endpoint: backlog, failures, oldest request (s)", width=12,
+                left=[heavy_async.metric("ApproximateBacklogSize", "Maximum"), failures], right=[oldest])])
         self.dashboard = cloudwatch.Dashboard(self, "Dashboard", dashboard_name=f"cirrus-{stage_name}",
                                               widgets=rows)
 
