@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from bench.handler_latency import summary
 
 ROOT = Path(__file__).resolve().parents[1]
+IDLE_GAP_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,9 @@ def run_cells(workers: dict[tuple[str, int], Worker], engines: list[str], cells:
         for rnd in range(cell.warmup + cell.rounds):
             shift = rnd % len(engines)
             for engine in engines[shift:] + engines[:shift]:
+                # Let the previous engine's pool threads stop spinning (OpenMP and onnxruntime
+                # both busy-wait briefly after a call) before the next engine is timed.
+                time.sleep(IDLE_GAP_S)
                 s = workers[(engine, cell.threads)].ask(op="time", workload=cell.workload, batch=cell.batch,
                                                         offset=rnd)["s"]
                 if rnd >= cell.warmup:

@@ -38,6 +38,7 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
         "run, with the engines interleaved round by round. Latency is per call, text in -> normalised "
         "embedding out (tokenization included); warm-up calls are excluded.",
         "",
+        *_busy_warning(r),
         "## Targets",
         "",
         "| target | measured | need | |",
@@ -194,6 +195,21 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _busy_warning(r: dict) -> list[str]:
+    """Flag a run whose multi-threaded reference got slower than single-threaded: a busy machine."""
+    lat = r["latency"]
+    top = max(c["threads"] for c in lat.values())
+    worse = [w for w in ("short", "medium", "long")
+             if f"t1/{w}/b32" in lat and f"t{top}/{w}/b32" in lat and top > 1
+             and lat[f"t{top}/{w}/b32"][REFERENCE]["texts_per_s"] < lat[f"t1/{w}/b32"][REFERENCE]["texts_per_s"]]
+    if not worse:
+        return []
+    return [f"> **Busy machine:** PyTorch ran slower with {top} threads than with 1 ({', '.join(worse)} texts; "
+            f"load average {r['machine']['load_avg_at_start']} on {r['machine']['cores']} cores). Its OpenMP threads "
+            "wait on each other when the host deschedules one, so the multi-thread ratios below overstate "
+            "Cirrus's advantage; the 1-thread rows are the fair comparison for this run. Rerun on a quiet machine.", ""]
 
 
 def _plots(r: dict, out: Path) -> list[str]:
