@@ -1,7 +1,7 @@
 """Where the time goes: onnxruntime's per-operator profile of each ONNX file, and the tokenizer's share.
 
-Sessions are built with the runtime's own options (``OnnxModel``: ORT_ENABLE_ALL, sequential,
-one inter-op thread) plus profiling; node times are summed per operator type over a few runs of
+Sessions are built with the runtime's own options (``functions.core.runtime.session_options``)
+plus profiling; node times are summed per operator type over a few runs of
 the same batch the latency table uses.
 """
 from __future__ import annotations
@@ -19,12 +19,9 @@ import numpy as np
 def op_profile(onnx_path: Path, feeds: dict[str, np.ndarray], *, threads: int, runs: int) -> dict:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    from functions.core.runtime import session_options
+
+    opts = session_options(threads)
     with tempfile.TemporaryDirectory(prefix="cirrus-prof-") as tmp:
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "ort")

@@ -8,20 +8,38 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.core.errors import CirrusError, ModelUnavailable, Throttled
 
 # Lambda functions have seconds, not minutes: fail fast on a dead connection and let the
 # standard retry mode (with jitter) absorb transient errors and throttles a few times.
-CLIENT_CONFIG = Config(
+_CLIENT_OPTIONS: dict[str, Any] = dict(
     connect_timeout=3,
     read_timeout=10,
     retries={"max_attempts": 3, "mode": "standard"},
     tcp_keepalive=True,
 )
+_config: Any = None  # built by _client_config()
+
+
+def _client_config() -> Any:
+    """The botocore Config of the options above, built on first use (see ``CLIENT_CONFIG``)."""
+    global _config
+    if _config is None:
+        from botocore.config import Config
+
+        _config = Config(**_CLIENT_OPTIONS)
+    return _config
+
+
+def __getattr__(name: str) -> Any:
+    # ``CLIENT_CONFIG`` stays importable but is built on first access: botocore.config alone costs
+    # ~0.1 s of imports, and a cold start with a local model folder makes no AWS call at all.
+    if name == "CLIENT_CONFIG":
+        return _client_config()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # Error codes meaning "slow down": surfaced as 429 rather than as a server error.
 THROTTLING_CODES = frozenset({
@@ -36,8 +54,13 @@ _lock = threading.Lock()
 
 def make_client(service: str, *, endpoint_url: str | None = None, region_name: str | None = None) -> Any:
     """A new client with Cirrus's timeouts/retries (CLIs and tests; functions use ``client``)."""
+    # boto3 costs ~0.15 s of imports: paid with the first client, not at import (see CLIENT_CONFIG).
+    import boto3
+    from botocore.config import Config
+
+    config = _client_config()
     # SigV4 for S3 always: presigned URLs for SSE-KMS objects are refused with any other signature.
-    config = CLIENT_CONFIG.merge(Config(signature_version="s3v4")) if service == "s3" else CLIENT_CONFIG
+    config = config.merge(Config(signature_version="s3v4")) if service == "s3" else config
     return boto3.session.Session().client(service, endpoint_url=endpoint_url, region_name=region_name,
                                           config=config)
 

@@ -7,11 +7,11 @@ so a retried chunk can never be counted twice.
 """
 from __future__ import annotations
 
+import functools
 import time
 from datetime import datetime, timezone
 from typing import Any
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from functions.core.adapters import dynamodb
@@ -19,7 +19,15 @@ from functions.core.adapters.base import client, error_code
 
 JOB_SK = "JOB"
 KIND = "job"
-_ser, _de = TypeSerializer(), TypeDeserializer()
+
+
+@functools.cache
+def _codec() -> tuple[Any, Any]:
+    # Imported on first use: ``boto3.dynamodb`` pulls in all of boto3 (~0.15 s), and the API
+    # function imports this module on every cold start, jobs route used or not.
+    from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+    return TypeSerializer(), TypeDeserializer()
 
 
 def now_iso() -> str:
@@ -36,17 +44,20 @@ def chunk_sk(n: int) -> str:
 
 
 def to_item(data: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in data.items() if v is not None}
+    ser = _codec()[0]
+    return {k: ser.serialize(v) for k, v in data.items() if v is not None}
 
 
 def from_item(item: dict[str, Any]) -> dict[str, Any]:
-    out = {k: _de.deserialize(v) for k, v in item.items()}
+    de = _codec()[1]
+    out = {k: de.deserialize(v) for k, v in item.items()}
     # DynamoDB numbers come back as Decimal; job records only hold integers.
     return {k: (int(v) if type(v).__name__ == "Decimal" else v) for k, v in out.items()}
 
 
 def _values(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: _ser.serialize(v) for k, v in values.items()}
+    ser = _codec()[0]
+    return {k: ser.serialize(v) for k, v in values.items()}
 
 
 class JobStore:

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ReadTimeoutError)
 
@@ -41,6 +39,11 @@ def runtime_client(settings: Settings) -> Any:
     with _lock:
         found = _clients.get(key)
         if found is None:
+            # Imported here: boto3 + botocore.config cost ~0.15 s, and the API function imports this
+            # module on every cold start, heavy path used or not.
+            import boto3
+            from botocore.config import Config
+
             config = Config(connect_timeout=key[0], read_timeout=key[1], tcp_keepalive=True,
                             retries={"total_max_attempts": 1, "mode": "standard"})
             found = _clients[key] = boto3.session.Session().client("sagemaker-runtime", config=config)
