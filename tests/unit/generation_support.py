@@ -11,12 +11,9 @@ TINY = "cirrus-tiny-gpt2"
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle() -> Path:
-    """The demo generator bundle, built once into the shared .cache/bundles (only this one)."""
-    from conftest import BUNDLES_DIR
-    from model_export.defaults import ensure_default_bundles
-
-    return ensure_default_bundles(BUNDLES_DIR, [TINY])[TINY]
+def tiny_bundle(bundles_dir: Path) -> Path:
+    """The demo generator bundle from the session's default bundles (tests/conftest.py)."""
+    return bundles_dir / TINY
 
 
 @pytest.fixture(scope="session")
