@@ -99,3 +99,43 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/jobs/{id}"),
     ("GET", "/v1/generation/jobs/{id}"),  # async generation status (functions.core.generation)
 )
+
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """An error API Gateway answers itself, in the same OpenAI shape as the functions' (functions/core/errors.py)."""
+
+    status: int | None         # None: keep the status API Gateway chose (the DEFAULT_4XX/5XX families)
+    type: str
+    code: str
+    message: str
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
+
+
+_BAD_KEY = GatewayResponse(401, "authentication_error", "invalid_api_key",
+                           "Missing or invalid API key (Authorization: Bearer <key>).")
+_UNKNOWN_ROUTE = GatewayResponse(404, "invalid_request_error", "not_found", "Unknown route.")
+
+# The REST API's gateway responses, keyed by API Gateway ResponseType name: infra.constructs.api
+# installs them and the local gateway (local/gateway.py) answers with them. Field validation stays
+# in the function (422 with the field named), so local and AWS agree; the gateway only rejects
+# bodies that are not a JSON object. ACCESS_DENIED is a 401 like a bad key: a key is all a client has.
+GATEWAY_RESPONSES: dict[str, GatewayResponse] = {
+    "BAD_REQUEST_BODY": GatewayResponse(400, "invalid_request_error", "invalid_json",
+                                        "The request body must be a JSON object."),
+    "UNAUTHORIZED": _BAD_KEY,
+    "ACCESS_DENIED": _BAD_KEY,
+    "MISSING_AUTHENTICATION_TOKEN": _UNKNOWN_ROUTE,  # what REST APIs answer for an unknown route
+    "RESOURCE_NOT_FOUND": _UNKNOWN_ROUTE,
+    "THROTTLED": GatewayResponse(429, "rate_limit_error", "rate_limited", "Rate limit reached; retry later."),
+    "QUOTA_EXCEEDED": GatewayResponse(429, "rate_limit_error", "quota_exceeded", "Quota exceeded."),
+    "REQUEST_TOO_LARGE": GatewayResponse(413, "invalid_request_error", "payload_too_large",
+                                         "The request body is too large."),
+    "INTEGRATION_TIMEOUT": GatewayResponse(504, "server_error", "timeout",
+                                           "The request took too long; use the jobs API for long work."),
+    "DEFAULT_4XX": GatewayResponse(None, "invalid_request_error", "bad_request", "Bad request."),
+    "DEFAULT_5XX": GatewayResponse(None, "server_error", "internal_error",
+                                   "The server had an error while processing your request."),
+}

@@ -25,7 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from functions.core.errors import CirrusError, InvalidJSON, NotFound, PayloadTooLarge, Unauthorized
+from functions.core.errors import CirrusError
+from infra.resources import GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
@@ -34,24 +35,19 @@ log = logging.getLogger("local.gateway")
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway REST request payload limit
 INTEGRATION_TIMEOUT_S = 29            # API Gateway REST integration timeout
 
-# The stack's gateway responses (infra.constructs.api.GATEWAY_ERRORS), mirrored here because that
-# module needs aws_cdk: same status, type and code for the same situation.
-MSG_UNAUTHORIZED = "Missing or invalid API key (Authorization: Bearer <key>)."
-MSG_SERVER = "The server had an error while processing your request."
-
 
 class GatewayError(CirrusError):
-    """A 5xx made by the gateway itself (DEFAULT_5XX), with the status API Gateway would use."""
+    """An error the gateway answers itself: the stack's gateway response ``name``
+    (``infra.resources.GATEWAY_RESPONSES``), with ``status`` for the families that keep
+    API Gateway's own (DEFAULT_5XX: 500 for an authorizer failure, 502 for a function error)."""
 
-    type, code = "server_error", "internal_error"
-
-    def __init__(self, status: int, message: str = MSG_SERVER, *, code: str | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
-
-
-def gateway_timeout() -> GatewayError:
-    return GatewayError(504, "The request took too long; use the jobs API for long work.", code="timeout")
+    def __init__(self, name: str, status: int | None = None) -> None:
+        spec = GATEWAY_RESPONSES[name]
+        super().__init__(spec.message, code=spec.code)
+        self.type = spec.type
+        self.status = spec.status if spec.status is not None else status
+        if self.status is None:
+            raise ValueError(f"gateway response {name} needs a status")
 
 
 # ----------------------------------------------------------------------------- routes
@@ -88,7 +84,7 @@ class Routes:
             m = route.pattern.fullmatch(path)
             if m and route.method == method:
                 return route.resource, (m.groupdict() or None)
-        raise NotFound("Unknown route.", code="not_found")
+        raise GatewayError("MISSING_AUTHENTICATION_TOKEN")  # REST APIs' answer to an unknown route
 
 
 # ----------------------------------------------------------------------------- events
@@ -269,7 +265,7 @@ class Gateway:
             resp = _error_response(err)
         except Exception:  # noqa: BLE001 - a gateway bug must still answer, and be in the log
             log.exception("gateway error request_id=%s", request_id)
-            resp = _error_response(GatewayError(500))
+            resp = _error_response(GatewayError("DEFAULT_5XX", 500))
         resp.headers += [("x-amzn-RequestId", request_id), ("x-amz-apigw-id", request_id[:16])]
         # Access log: ids, sizes and timings only; never the body or the Authorization header.
         log.info("ACCESS request_id=%s method=%s path=%s status=%d bytes_in=%d bytes_out=%d ms=%.1f",
@@ -280,7 +276,7 @@ class Gateway:
     def _handle(self, req: HttpRequest, request_id: str) -> HttpResponse:
         # API Gateway's order: size limit, route, authorizer, request validation, integration.
         if len(req.body) > MAX_PAYLOAD_BYTES:
-            raise PayloadTooLarge("The request body is too large.")
+            raise GatewayError("REQUEST_TOO_LARGE")
         path = unquote(urlsplit(req.target).path) or "/"
         resource, path_params = self.routes.match(req.method, path)
         authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
@@ -294,9 +290,9 @@ class Gateway:
             result = self.api.invoke(event)
         except Exception as exc:  # noqa: BLE001 - any function error is a 502 at the gateway
             log.error("api function error request_id=%s error=%s", request_id, type(exc).__name__)
-            raise GatewayError(502) from exc
+            raise GatewayError("DEFAULT_5XX", 502) from exc
         if time.monotonic() - started > self.timeout_s:
-            raise gateway_timeout()
+            raise GatewayError("INTEGRATION_TIMEOUT")
         return proxy_response_to_http(result)
 
     def _authorize(self, req: HttpRequest, arn: str) -> dict[str, Any] | None:
@@ -305,7 +301,7 @@ class Gateway:
         token = req.header("authorization")
         if not token:
             # API Gateway answers 401 without calling the authorizer when the identity source is empty.
-            raise Unauthorized(MSG_UNAUTHORIZED)
+            raise GatewayError("UNAUTHORIZED")
         policy = self.cache.get(token)
         started = time.perf_counter()
         if policy is None:
@@ -315,21 +311,20 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001
                 # A Lambda authorizer signals 401 by failing with exactly "Unauthorized".
                 if str(exc) == "Unauthorized":
-                    raise Unauthorized(MSG_UNAUTHORIZED) from None
+                    raise GatewayError("UNAUTHORIZED") from None
                 log.error("authorizer error type=%s", type(exc).__name__)
-                raise GatewayError(500) from exc
+                raise GatewayError("DEFAULT_5XX", 500) from exc
             if not isinstance(policy, dict):
                 log.error("authorizer returned no policy")
-                raise GatewayError(500)
+                raise GatewayError("DEFAULT_5XX", 500)
         try:
             allowed = evaluate_policy(policy, arn)
         except ValueError as exc:
             log.error("authorizer returned an invalid policy: %s", exc)
-            raise GatewayError(500) from None
+            raise GatewayError("DEFAULT_5XX", 500) from None
         self.cache.put(token, policy)
         if not allowed:
-            # ACCESS_DENIED: the stack answers it as a 401 like a bad key (a key is all a client has).
-            raise Unauthorized(MSG_UNAUTHORIZED)
+            raise GatewayError("ACCESS_DENIED")
         # API Gateway hands the context to the integration with string values + principalId.
         ctx = {k: (json.dumps(v) if isinstance(v, bool) else str(v))
                for k, v in (policy.get("context") or {}).items()}
@@ -348,7 +343,7 @@ def _validate_json_object(req: HttpRequest) -> None:
     except (UnicodeDecodeError, ValueError):
         ok = False
     if not ok:
-        raise InvalidJSON("The request body must be a JSON object.")
+        raise GatewayError("BAD_REQUEST_BODY")
 
 
 def _error_response(err: CirrusError) -> HttpResponse:
@@ -363,12 +358,12 @@ def proxy_response_to_http(result: Any) -> HttpResponse:
     """Map a Lambda proxy response to HTTP; anything malformed is API Gateway's 502."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         log.error("malformed Lambda proxy response (no integer statusCode)")
-        raise GatewayError(502)
+        raise GatewayError("DEFAULT_5XX", 502)
     headers: list[tuple[str, str]] = []
     multi = result.get("multiValueHeaders") or {}
     single = result.get("headers") or {}
     if not isinstance(multi, dict) or not isinstance(single, dict):
-        raise GatewayError(502)
+        raise GatewayError("DEFAULT_5XX", 502)
     for k, values in multi.items():
         headers += [(k, str(v)) for v in _as_list(values)]
     seen = {k.lower() for k in multi}
@@ -377,7 +372,7 @@ def proxy_response_to_http(result: Any) -> HttpResponse:
     if body is None:
         raw = b""
     elif not isinstance(body, str):
-        raise GatewayError(502)
+        raise GatewayError("DEFAULT_5XX", 502)
     elif result.get("isBase64Encoded"):
         raw = base64.b64decode(body)
     else:

@@ -12,32 +12,9 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.functions import encrypted_log_group
-from infra.resources import ROUTES  # the routes are plain data, shared with the local gateway
+# Routes and gateway responses are plain data, shared with the local gateway (local/gateway.py).
+from infra.resources import GATEWAY_RESPONSES, ROUTES
 from infra.settings import StageSettings
-
-# Gateway-made errors in the same OpenAI shape as the function's (functions/core/errors.py).
-# Field validation stays in the function (422 with the field named), so local and AWS agree; the
-# gateway only rejects bodies that are not a JSON object.
-GATEWAY_ERRORS = (
-    (apigw.ResponseType.BAD_REQUEST_BODY, "400", "invalid_request_error", "invalid_json",
-     "The request body must be a JSON object."),
-    (apigw.ResponseType.UNAUTHORIZED, "401", "authentication_error", "invalid_api_key",
-     "Missing or invalid API key (Authorization: Bearer <key>)."),
-    (apigw.ResponseType.ACCESS_DENIED, "401", "authentication_error", "invalid_api_key",
-     "Missing or invalid API key (Authorization: Bearer <key>)."),
-    (apigw.ResponseType.MISSING_AUTHENTICATION_TOKEN, "404", "invalid_request_error", "not_found",
-     "Unknown route."),
-    (apigw.ResponseType.RESOURCE_NOT_FOUND, "404", "invalid_request_error", "not_found", "Unknown route."),
-    (apigw.ResponseType.THROTTLED, "429", "rate_limit_error", "rate_limited", "Rate limit reached; retry later."),
-    (apigw.ResponseType.QUOTA_EXCEEDED, "429", "rate_limit_error", "quota_exceeded", "Quota exceeded."),
-    (apigw.ResponseType.REQUEST_TOO_LARGE, "413", "invalid_request_error", "payload_too_large",
-     "The request body is too large."),
-    (apigw.ResponseType.INTEGRATION_TIMEOUT, "504", "server_error", "timeout",
-     "The request took too long; use the jobs API for long work."),
-    (apigw.ResponseType.DEFAULT_4_XX, None, "invalid_request_error", "bad_request", "Bad request."),
-    (apigw.ResponseType.DEFAULT_5_XX, None, "server_error", "internal_error",
-     "The server had an error while processing your request."),
-)
 
 AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
 
@@ -89,11 +66,11 @@ class Api(Construct):
                 request_validator=validator,
                 request_models={"application/json": json_object} if verb == "POST" else None,
             )
-        for rtype, status, etype, code, message in GATEWAY_ERRORS:
-            body = {"error": {"message": message, "type": etype, "param": None, "code": code}}
+        for name, response in GATEWAY_RESPONSES.items():
             self.rest_api.add_gateway_response(
-                f"Gw{rtype.response_type}", type=rtype, status_code=status,
-                templates={"application/json": json.dumps(body)},
+                f"Gw{name}", type=apigw.ResponseType.of(name),
+                status_code=None if response.status is None else str(response.status),
+                templates={"application/json": json.dumps(response.body())},
                 response_headers={"Content-Type": "'application/json'"})
         acknowledge(self.rest_api, id="AwsSolutions-COG4",
             reason="Clients are services holding API keys; a Lambda TOKEN authorizer checks salted key hashes.")

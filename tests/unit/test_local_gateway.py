@@ -8,7 +8,7 @@ import pytest
 import requests
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
-from infra.resources import ROUTES
+from infra.resources import GATEWAY_RESPONSES, ROUTES
 from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayServer, HttpRequest, Routes, evaluate_policy,
                            method_arn)
 from local.lambdas import LambdaFunction
@@ -172,10 +172,11 @@ def test_authorizer_unauthorized_error_is_401(served):
 
 
 def test_authorizer_deny_policy_is_the_stacks_401(served):
-    # The stack maps ACCESS_DENIED to 401 invalid_api_key (infra/constructs/api.py GATEWAY_ERRORS).
+    # The stack maps ACCESS_DENIED to 401 invalid_api_key (infra.resources.GATEWAY_RESPONSES).
     url, api, _ = served(authorizer=lambda e, c: allow_all(e, effect="Deny"))
     r = requests.get(url + "/v1/models", headers=AUTH)
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert r.json() == GATEWAY_RESPONSES["ACCESS_DENIED"].body()
     assert api.events == []
 
 
