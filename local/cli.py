@@ -348,7 +348,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job is None:
         print(f"error: job {job_id} did not finish within {args.timeout} s", file=sys.stderr)
         return 1
-    import functions.core.api  # noqa: F401 - the app first: routes.py cannot be imported on its own
     from functions.core.batch.routes import view  # the job API's public shape of a record
 
     print(json.dumps(view(job, with_urls=False), indent=2, default=str))

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from batch_support import EMBEDDER, aws, env, local_store, pipeline  # noqa: F401  (fixtures)
@@ -100,3 +103,13 @@ def test_presigned_upload_url_expires_after_the_configured_time(pipeline, env):
     _, body, _ = call_api(api_event("POST", "/v1/jobs", {}))
     query = parse_qs(urlparse(body["upload"]["url"]).query)
     assert query["X-Amz-Expires"] == ["600"] and body["upload"]["expires_in"] == 600
+
+
+def test_route_modules_import_on_their_own_without_the_app():
+    # A router must not need functions.core.api first (the CLI imports batch.routes.view alone).
+    root = Path(__file__).resolve().parents[2]
+    for module in ("functions.core.batch.routes", "functions.core.generation.routes"):
+        proc = subprocess.run([sys.executable, "-c", f"import {module}; import sys; "
+                               "assert 'functions.core.api' not in sys.modules"],
+                              cwd=root, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (module, proc.stderr[-2000:])

@@ -17,13 +17,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.core.adapters import s3
 from functions.core.adapters.base import translate
-from functions.core.api import parse
 from functions.core.batch import jobs
 from functions.core.batch.objects import presigned_url
 from functions.core.batch.schema import Status, Task
 from functions.core.errors import ModelNotFound, NotFound, PayloadTooLarge, ValidationFailed
 from functions.core.model_store import store as model_store
 from functions.core.observability import logger
+from functions.core.rest import parse
 from functions.core.settings import get_settings
 
 router = APIGatewayRouter()

@@ -1,11 +1,12 @@
 """HTTP routes of the generation API (a Powertools Router included by functions/core/api.py)."""
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import Response, content_types
+from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from functions.core.generation import service
 from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
+from functions.core.rest import json_response, parse
 from functions.core.settings import get_settings
 
 router = Router()
@@ -17,27 +18,18 @@ def _wants_async() -> bool:
     return "respond-async" in prefer.lower()
 
 
-def _respond(result: service.Result, status: int) -> Response:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=result.body,
-                    headers=result.headers)
-
-
 @router.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    from functions.core.api import parse  # the API's one body parser (imported late: api includes us)
-
-    return _respond(*service.generate(parse(ChatCompletionRequest, router), get_settings(),
+    return json_response(*service.generate(parse(ChatCompletionRequest, router), get_settings(),
                                       want_async=_wants_async()))
 
 
 @router.post("/v1/completions")
 def completions() -> Response:
-    from functions.core.api import parse
-
-    return _respond(*service.generate(parse(CompletionRequest, router), get_settings(),
+    return json_response(*service.generate(parse(CompletionRequest, router), get_settings(),
                                       want_async=_wants_async()))
 
 
 @router.get("/v1/generation/jobs/<job_id>")
 def generation_job(job_id: str) -> Response:
-    return _respond(service.job_status(job_id, get_settings()), 200)
+    return json_response(service.job_status(job_id, get_settings()))
