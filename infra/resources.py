@@ -59,6 +59,16 @@ class Resources:
     jobs_generation_prefix: str = "jobs/generation/"  # async generation jobs (functions.core.generation)
     extra: dict = field(default_factory=dict)
 
+    # Where SageMaker async inference writes (the endpoint's S3OutputPath / S3FailurePath): results
+    # as <inference id>.out, failures as <inference id>-error.out; the API reads the locations it returns.
+    @property
+    def jobs_generation_output_prefix(self) -> str:
+        return f"{self.jobs_generation_prefix}out/"
+
+    @property
+    def jobs_generation_failure_prefix(self) -> str:
+        return f"{self.jobs_generation_prefix}failed/"
+
 
 RESOURCES = Resources(
     buckets=(

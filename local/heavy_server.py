@@ -36,10 +36,14 @@ class HeavyServer:
     """Start/stop API for tests and the local system: ``HeavyServer(bundle).start()`` → ``.url``."""
 
     def __init__(self, bundle_dir: Path | str, *, endpoint: str = "cirrus-heavy", port: int = 0,
-                 host: str = "127.0.0.1", async_output: str | None = None, s3_client: Any = None) -> None:
+                 host: str = "127.0.0.1", async_output: str | None = None, async_failure: str | None = None,
+                 s3_client: Any = None) -> None:
         self.generator = OnnxGenerator(Path(bundle_dir))
         self.endpoint = endpoint
-        self.async_output = async_output  # s3://bucket/prefix for async results (SageMaker's S3OutputPath)
+        # s3://bucket/prefix URIs, as the endpoint config's S3OutputPath / S3FailurePath; without a
+        # failure path, failures land beside the results.
+        self.async_output = async_output
+        self.async_failure = async_failure or async_output
         self._s3 = s3_client
         self.faults: deque[tuple[str, float]] = deque()
         self.down = False  # every runtime call fails with 5xx while True (endpoint broken)
@@ -224,8 +228,8 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
             if not server.async_output:
                 self._aws_error(400, "ValidationError", f"Endpoint {server.endpoint} is not an async endpoint")
                 return
-            base = server.async_output.rstrip("/")
-            output, failure = f"{base}/{inference_id}.out", f"{base}/{inference_id}-error.out"
+            output = f"{server.async_output.rstrip('/')}/{inference_id}.out"
+            failure = f"{server.async_failure.rstrip('/')}/{inference_id}-error.out"
             threading.Thread(target=server.run_async, args=(location, output, failure), daemon=True).start()
             self._send(202, {"InferenceId": inference_id},
                        {"X-Amzn-SageMaker-OutputLocation": output, "X-Amzn-SageMaker-FailureLocation": failure})
@@ -239,10 +243,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=8081)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--endpoint", default="cirrus-heavy", help="the SageMaker endpoint name to answer to")
-    ap.add_argument("--async-output", default=None, help="s3://bucket/prefix for async results")
+    ap.add_argument("--async-output", default=None, help="s3://bucket/prefix for async results (S3OutputPath)")
+    ap.add_argument("--async-failure", default=None,
+                    help="s3://bucket/prefix for async failures (S3FailurePath; default: --async-output)")
     args = ap.parse_args(argv)
     srv = HeavyServer(args.bundle, endpoint=args.endpoint, port=args.port, host=args.host,
-                      async_output=args.async_output).start()
+                      async_output=args.async_output, async_failure=args.async_failure).start()
     print(f"heavy stand-in: {srv.url} endpoint={srv.endpoint} model={srv.generator.name}", flush=True)
     try:
         while True:

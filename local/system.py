@@ -195,7 +195,7 @@ class LocalSystem:
         return key, record.key_id
 
     def _heavy(self, bundles: dict[str, Path], prov) -> tuple[str | None, int | None, str | None]:
-        from functions.core.generation.service import JOBS_PREFIX as GENERATION_JOBS_PREFIX
+        from infra.resources import RESOURCES
 
         if not self.cfg.heavy:
             return None, None, "heavy path: off (--no-heavy)"
@@ -214,9 +214,10 @@ class LocalSystem:
         proc = subprocess.Popen(
             [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", self.cfg.host, "--port", str(port),
              "--bundle", str(bundle), "--endpoint", HEAVY_ENDPOINT_NAME,
-             # SageMaker async inference writes results under the endpoint's S3OutputPath (the
-             # stack's: <generation jobs prefix>out/, infra/constructs/heavy_async.py).
-             "--async-output", f"s3://{prov.buckets['Data']}/{GENERATION_JOBS_PREFIX}out/"],
+             # SageMaker async inference writes under the endpoint's S3OutputPath / S3FailurePath:
+             # the stack's (infra/constructs/heavy_async.py), from the same shared data.
+             "--async-output", f"s3://{prov.buckets['Data']}/{RESOURCES.jobs_generation_output_prefix}",
+             "--async-failure", f"s3://{prov.buckets['Data']}/{RESOURCES.jobs_generation_failure_prefix}"],
             cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)
         logf.close()

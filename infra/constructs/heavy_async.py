@@ -18,8 +18,8 @@ from infra.resources import RESOURCES
 # jobs/generation/<job id>/request.json and job.json; SageMaker writes <inference id>.out under
 # OUTPUT_PREFIX and <inference id>-error.out under FAILURE_PREFIX (it returns both locations).
 JOBS_PREFIX = RESOURCES.jobs_generation_prefix
-OUTPUT_PREFIX = f"{JOBS_PREFIX}out/"
-FAILURE_PREFIX = f"{JOBS_PREFIX}failed/"
+OUTPUT_PREFIX = RESOURCES.jobs_generation_output_prefix
+FAILURE_PREFIX = RESOURCES.jobs_generation_failure_prefix
 REQUEST_OBJECTS = f"{JOBS_PREFIX}genjob-*/request.json"
 
 

@@ -14,6 +14,7 @@ from functions.core.generation import heavy as heavy_mod
 from functions.core.generation.breaker import reset_breakers
 from functions.core.generation.onnx_generator import SamplingParams
 from generation_support import TINY, tiny_bundle, tiny_generator  # noqa: F401  (fixtures)
+from infra.resources import RESOURCES
 from light_support import api_event, assert_error, aws, call_api, env  # noqa: F401  (fixtures)
 from local.heavy_server import HeavyServer
 
@@ -106,7 +107,10 @@ def standin(tiny_bundle, aws, monkeypatch):
     """The stand-in serving the tiny bundle as endpoint 'cirrus-heavy' (and its async twin)."""
     s3 = boto3.client("s3", region_name="us-east-1")
     s3.create_bucket(Bucket="cirrus-data")
-    srv = HeavyServer(tiny_bundle, endpoint="cirrus-heavy", async_output="s3://cirrus-data/jobs/generation/out",
+    # Async outputs where the stack's endpoint config puts them (infra/constructs/heavy_async.py).
+    srv = HeavyServer(tiny_bundle, endpoint="cirrus-heavy",
+                      async_output=f"s3://cirrus-data/{RESOURCES.jobs_generation_output_prefix}",
+                      async_failure=f"s3://cirrus-data/{RESOURCES.jobs_generation_failure_prefix}",
                       s3_client=s3).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", srv.url)
     heavy_mod.reset_clients()
@@ -152,6 +156,29 @@ def test_async_request_becomes_a_job_whose_status_route_returns_the_completion(g
         time.sleep(0.1)
     assert status == 200 and view["status"] == "succeeded", view
     assert view["result"]["object"] == "chat.completion" and view["result"]["model"] == TINY
+
+
+def test_async_failure_lands_under_the_failure_prefix_and_the_job_reads_failed(gen_api, standin):
+    gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy", heavy_async_endpoint_name="cirrus-heavy",
+            data_bucket="cirrus-data")
+    # Longer than the model's context window: the container refuses it (422), SageMaker writes the failure.
+    long_prompt = [{"role": "user", "content": "where is my order " * 2000}]
+    status, job, _ = chat({"model": TINY, "messages": long_prompt, "max_tokens": 8},
+                          headers={"Prefer": "respond-async"})
+    assert status == 202, job
+    deadline = time.time() + 20
+    while True:
+        status, view, _ = call_api(api_event("GET", job["status_url"]))
+        if view["status"] != "in_progress" or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert status == 200 and view["status"] == "failed", view
+    assert view["error"]["code"] == "generation_failed"
+    s3 = boto3.client("s3", region_name="us-east-1")
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="cirrus-data")["Contents"]]
+    failures = [k for k in keys if k.startswith(RESOURCES.jobs_generation_failure_prefix)]
+    assert len(failures) == 1 and failures[0].endswith("-error.out"), keys
+    assert not [k for k in keys if k.startswith(RESOURCES.jobs_generation_output_prefix)], keys
 
 
 def test_over_the_sync_budget_becomes_a_job(gen_api, standin):
