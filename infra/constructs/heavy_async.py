@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, Stack
-from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -11,7 +10,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra.constructs import acknowledge
-from infra.constructs.heavy_endpoint import VARIANT, HeavyEndpoint, autoscaling_role
+from infra.constructs.heavy_endpoint import VARIANT, HeavyEndpoint, scalable_target, scale_out_from_zero
 from infra.resources import RESOURCES
 
 # The contract with functions/core/generation/service.py: the API writes
@@ -91,27 +90,19 @@ class HeavyAsyncEndpoint(Construct):
         self._autoscaling(settings)
 
     def _autoscaling(self, settings) -> None:
-        target = appscaling.ScalableTarget(
+        target = scalable_target(
             self, "InstanceScaling",
-            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
             resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT}",
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            dimension="sagemaker:variant:DesiredInstanceCount",
             min_capacity=0, max_capacity=settings.async_max_capacity,
-            role=autoscaling_role(self))
-        target.node.add_dependency(self.endpoint)
+            after=self.endpoint)
         target.scale_to_track_metric(
             "BacklogPerInstance",
             target_value=settings.async_target_backlog_per_instance,
             custom_metric=self.metric("ApproximateBacklogSizePerInstance", "Average", minutes=1),
             scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
             scale_out_cooldown=Duration.seconds(60))
-        target.scale_on_metric(
-            "ScaleOutFromZero",
-            metric=self.metric("HasBacklogWithoutCapacity", "Average", minutes=1),
-            scaling_steps=[appscaling.ScalingInterval(upper=1, change=0),
-                           appscaling.ScalingInterval(lower=1, change=1)],
-            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-            evaluation_periods=1, cooldown=Duration.seconds(60))
+        scale_out_from_zero(target, self.metric("HasBacklogWithoutCapacity", "Average", minutes=1))
 
     def grant_invoke_async(self, grantee: iam.IGrantable) -> None:
         """sagemaker:InvokeEndpointAsync on this endpoint only."""

@@ -54,6 +54,30 @@ def autoscaling_role(scope: Construct) -> iam.IRole:
         mutable=False)
 
 
+def scalable_target(scope: Construct, id: str, *, resource_id: str, dimension: str, min_capacity: int,
+                    max_capacity: int, after: Construct) -> appscaling.ScalableTarget:
+    """A SageMaker scalable target under the service-linked role, registered once ``after`` exists."""
+    target = appscaling.ScalableTarget(
+        scope, id,
+        service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
+        resource_id=resource_id, scalable_dimension=dimension,
+        min_capacity=min_capacity, max_capacity=max_capacity,
+        role=autoscaling_role(scope))
+    target.node.add_dependency(after)
+    return target
+
+
+def scale_out_from_zero(target: appscaling.ScalableTarget, metric: cloudwatch.IMetric) -> None:
+    """One step up when ``metric`` reaches 1: target tracking cannot leave 0 (at zero capacity
+    nothing is served, so there is no per-instance or per-copy value to track)."""
+    target.scale_on_metric(
+        "ScaleOutFromZero", metric=metric,
+        scaling_steps=[appscaling.ScalingInterval(upper=1, change=0),
+                       appscaling.ScalingInterval(lower=1, change=1)],
+        adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+        evaluation_periods=1, cooldown=Duration.seconds(60))
+
+
 class HeavyEndpoint(Construct):
     """GPU endpoint for generation with a least-privilege execution role.
 
@@ -179,51 +203,37 @@ class HeavyEndpoint(Construct):
             runtime_config=sagemaker.CfnInferenceComponent.InferenceComponentRuntimeConfigProperty(
                 copy_count=max(settings.min_capacity, 1)),
         )
-        target = appscaling.ScalableTarget(
+        target = scalable_target(
             self, "CopyScaling",
-            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
             resource_id=f"inference-component/{self.inference_component_name}",
-            scalable_dimension="sagemaker:inference-component:DesiredCopyCount",
+            dimension="sagemaker:inference-component:DesiredCopyCount",
             min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
-            role=self._autoscaling_role())
-        target.node.add_dependency(self.inference_component)
+            after=self.inference_component)
         target.scale_to_track_metric(
             "InvocationsPerCopy",
             target_value=settings.target_invocations_per_copy,
             predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
             scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
             scale_out_cooldown=Duration.seconds(60))
-        # Target tracking cannot leave 0 copies (no invocations reach a copy to be counted):
-        # requests that found no capacity trigger one step up.
-        target.scale_on_metric(
-            "ScaleOutFromZero",
-            metric=cloudwatch.Metric(
-                namespace="AWS/SageMaker", metric_name="NoCapacityInvocationFailures",
-                dimensions_map={"InferenceComponentName": self.inference_component_name},
-                statistic="Maximum", period=Duration.minutes(1)),
-            scaling_steps=[appscaling.ScalingInterval(upper=1, change=0),
-                           appscaling.ScalingInterval(lower=1, change=1)],
-            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
-            evaluation_periods=1, cooldown=Duration.seconds(60))
+        # Requests that found no copy to serve them trigger the first one.
+        scale_out_from_zero(target, cloudwatch.Metric(
+            namespace="AWS/SageMaker", metric_name="NoCapacityInvocationFailures",
+            dimensions_map={"InferenceComponentName": self.inference_component_name},
+            statistic="Maximum", period=Duration.minutes(1)))
 
     def _variant_autoscaling(self, settings: HeavyEndpointSettings) -> None:
-        target = appscaling.ScalableTarget(
+        target = scalable_target(
             self, "InstanceScaling",
-            service_namespace=appscaling.ServiceNamespace.SAGEMAKER,
             resource_id=f"endpoint/{self.endpoint_name}/variant/{VARIANT}",
-            scalable_dimension="sagemaker:variant:DesiredInstanceCount",
+            dimension="sagemaker:variant:DesiredInstanceCount",
             min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
-            role=self._autoscaling_role())
-        target.node.add_dependency(self.endpoint)
+            after=self.endpoint)
         target.scale_to_track_metric(
             "InvocationsPerInstance",
             target_value=settings.target_invocations_per_copy,
             predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
             scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
             scale_out_cooldown=Duration.seconds(60))
-
-    def _autoscaling_role(self) -> iam.IRole:
-        return autoscaling_role(self)
 
     def grant_invoke(self, grantee: iam.IGrantable) -> None:
         """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it).
