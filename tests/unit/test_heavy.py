@@ -179,3 +179,48 @@ def test_unreadable_endpoint_answer_is_503_not_a_crash(rig):
     with pytest.raises(ModelUnavailable) as exc:
         heavy.invoke(PAYLOAD)
     assert exc.value.code == "bad_endpoint_response"
+
+
+def _open_then_half_open(heavy, stub, clock) -> None:
+    for _ in range(3):
+        err(stub, "ServiceUnavailable", 503)
+    with pytest.raises(ModelUnavailable):
+        heavy.invoke(PAYLOAD)
+    clock.t += 31
+    assert heavy.breaker.state == "half_open"
+
+
+def test_a_half_open_probe_refused_by_the_container_closes_the_breaker(rig):
+    heavy, stub, clock, _ = rig
+    _open_then_half_open(heavy, stub, clock)
+    err(stub, "ModelError", 424, OriginalStatusCode=422, OriginalMessage='{"error":"too long"}')
+    with pytest.raises(ValidationFailed):
+        heavy.invoke(PAYLOAD)
+    assert heavy.breaker.state == "closed"  # the container answered: it is reachable
+    ok(stub)
+    assert heavy.invoke(PAYLOAD)["choices"]
+
+
+def test_a_throttled_half_open_probe_lets_the_next_call_probe_again(rig):
+    heavy, stub, clock, _ = rig
+    _open_then_half_open(heavy, stub, clock)
+    for _ in range(3):
+        err(stub, "ThrottlingException", 400)
+    with pytest.raises(Throttled):
+        heavy.invoke(PAYLOAD)  # every attempt may probe: each throttle hands the probe back
+    assert heavy.breaker.state == "half_open"
+    ok(stub)
+    assert heavy.invoke(PAYLOAD)["choices"]  # not a 503 endpoint_unavailable forever
+    assert heavy.breaker.state == "closed"
+
+
+def test_a_half_open_probe_with_an_unknown_client_error_lets_the_next_call_probe_again(rig):
+    heavy, stub, clock, _ = rig
+    _open_then_half_open(heavy, stub, clock)
+    err(stub, "AccessDeniedException", 400, "not allowed")
+    with pytest.raises(ModelUnavailable) as exc:
+        heavy.invoke(PAYLOAD)
+    assert exc.value.code == "endpoint_error"
+    ok(stub)
+    assert heavy.invoke(PAYLOAD)["choices"]
+    assert heavy.breaker.state == "closed"

@@ -2,7 +2,8 @@
 
 Closed: calls pass; ``failures`` consecutive failures open it. Open: calls are refused at once
 with 503 + Retry-After until ``reset_s`` passed. Half-open: exactly one probe call is let through;
-its success closes the breaker, its failure opens it again for another ``reset_s``.
+its success closes the breaker, its failure opens it again for another ``reset_s``; an outcome that is
+neither (throttled, a refusal of our own making) hands the probe back with ``release_probe``.
 State lives in the container (each Lambda container learns on its own, which is enough to stop
 one container from piling 25-second timeouts onto a dead endpoint).
 """
@@ -49,15 +50,15 @@ class CircuitBreaker:
             left = self._open_for - (self._clock() - self._opened_at)
         return max(1, math.ceil(left))
 
-    def before_call(self) -> None:
-        """Raise 503 if no call may go out now; in half-open, admit one probe."""
+    def before_call(self) -> bool:
+        """Raise 503 if no call may go out now; in half-open, admit one probe (returns True for it)."""
         with self._lock:
             self._tick()
             if self._state == "closed":
-                return
+                return False
             if self._state == "half_open" and not self._probing:
                 self._probing = True
-                return
+                return True
             wait = max(1, math.ceil(self._open_for - (self._clock() - self._opened_at))) \
                 if self._state == "open" else 1
             reason = self.last_reason
@@ -68,6 +69,13 @@ class CircuitBreaker:
     def success(self) -> None:
         with self._lock:
             self._state, self._count, self._probing, self.last_reason = "closed", 0, False, ""
+
+    def release_probe(self) -> None:
+        """The probe ended with neither success() nor failure(): let the next call probe again,
+        instead of refusing every call forever while a probe nobody is waiting for stays "out"."""
+        with self._lock:
+            if self._state == "half_open":
+                self._probing = False
 
     def failure(self, reason: str) -> None:
         with self._lock:

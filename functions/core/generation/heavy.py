@@ -101,7 +101,7 @@ class HeavyClient:
         attempts = self.settings.heavy_max_attempts
         last: CirrusError | None = None
         for attempt in range(1, attempts + 1):
-            self.breaker.before_call()  # raises 503 at once while the breaker is open
+            probe = self.breaker.before_call()  # raises 503 at once while the breaker is open
             started = time.perf_counter()
             try:
                 out = self._attempt(kwargs)
@@ -115,8 +115,13 @@ class HeavyClient:
                                                            "code": r.err.code, "breaker": self.breaker.state})
                 if attempt == attempts or self.breaker.state == "open":
                     break
-                # Full jitter: spread the retries of many containers instead of synchronising them.
-                self._sleep(self._rng() * min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
+            finally:
+                if probe:
+                    # A throttle or a refusal neither closes nor reopens the breaker; without this the
+                    # probe would stay "out" and every later call would get 503 until the container dies.
+                    self.breaker.release_probe()
+            # Full jitter: spread the retries of many containers instead of synchronising them.
+            self._sleep(self._rng() * min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
         assert last is not None
         if self.breaker.state == "open" and not isinstance(last, Throttled):
             last.headers.setdefault("Retry-After", str(self.breaker.retry_after()))
@@ -177,6 +182,7 @@ class HeavyClient:
             if 400 <= original < 500:
                 # The container refused the request (e.g. TGI 422: prompt + max_tokens over its limit).
                 # Its message describes the request's shape, not its content, so it is passed on.
+                self.breaker.success()  # the container answered: the endpoint is up
                 detail = _container_message(exc.response.get("OriginalMessage"))
                 cls = ValidationFailed if original == 422 else BadRequest
                 return cls(f"the model refused the request: {detail}", code="model_refused")
