@@ -74,6 +74,11 @@ def models() -> Response:
     return json_response(service.list_models(get_settings()))
 
 
+@app.get("/v1/models/<model>")
+def model(model: str) -> Response:
+    return json_response(service.get_model(model, get_settings()))
+
+
 @app.get("/health")
 def health() -> Response:
     return json_response(service.health(get_settings()))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from functions.core.errors import PayloadTooLarge, ValidationFailed
+from functions.core.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from functions.core.model_store import loaded_versions, store
 from functions.core.observability import logger, metrics, tracer
 from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
@@ -115,31 +115,49 @@ def _created(iso: str) -> int:
         return 0
 
 
+def _light_entry(st: Any, name: str) -> dict[str, Any]:
+    info = st.describe(name)
+    entry: dict[str, Any] = {"id": name, "object": "model", "owned_by": "cirrus", "created": 0}
+    if info.manifest is None:
+        entry["cirrus"] = {"path": "light", "status": "unavailable", "error": info.error}
+    else:
+        m = info.manifest
+        entry["created"] = _created(m.created_at)
+        entry["cirrus"] = {
+            "path": "light", "status": "ready" if name in st.loaded() else "available",
+            "version": m.version, "task": m.task, "max_length": m.max_length,
+            "pooling": m.pooling, "normalize": m.normalize, "labels": m.labels,
+            "quantization": m.quantization.model_dump(), "arch": m.arch,
+            "source": m.source.model_dump(), "gate": m.gate.model_dump() if m.gate else None,
+        }
+    return entry
+
+
+def _heavy_entry(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "owned_by": "cirrus", "created": 0,
+            "cirrus": {"path": "heavy", "task": "text-generation"}}
+
+
+def _heavy_names(settings: Settings) -> list[str]:
+    return list(settings.heavy_models) if settings.heavy_endpoint_name else []
+
+
 def list_models(settings: Settings) -> Result:
     """OpenAI's model list; ``cirrus`` holds the manifest facts a client may need."""
-    data: list[dict[str, Any]] = []
     st = store()
-    for name in st.names():
-        info = st.describe(name)
-        entry: dict[str, Any] = {"id": name, "object": "model", "owned_by": "cirrus", "created": 0}
-        if info.manifest is None:
-            entry["cirrus"] = {"path": "light", "status": "unavailable", "error": info.error}
-        else:
-            m = info.manifest
-            entry["created"] = _created(m.created_at)
-            entry["cirrus"] = {
-                "path": "light", "status": "ready" if name in st.loaded() else "available",
-                "version": m.version, "task": m.task, "max_length": m.max_length,
-                "pooling": m.pooling, "normalize": m.normalize, "labels": m.labels,
-                "quantization": m.quantization.model_dump(), "arch": m.arch,
-                "source": m.source.model_dump(), "gate": m.gate.model_dump() if m.gate else None,
-            }
-        data.append(entry)
-    if settings.heavy_endpoint_name:
-        for name in settings.heavy_models:
-            data.append({"id": name, "object": "model", "owned_by": "cirrus", "created": 0,
-                         "cirrus": {"path": "heavy", "task": "text-generation"}})
+    data = [_light_entry(st, name) for name in st.names()]
+    data += [_heavy_entry(name) for name in _heavy_names(settings)]
     return Result({"object": "list", "data": data})
+
+
+def get_model(name: str, settings: Settings) -> Result:
+    """One entry of ``list_models`` (OpenAI's retrieve-model); 404 for a name the list does not show."""
+    st = store()
+    if name in st.names():
+        return Result(_light_entry(st, name))
+    if name in _heavy_names(settings):
+        return Result(_heavy_entry(name))
+    raise ModelNotFound(f"The model '{name[:128]}' does not exist", param="model")
 
 
 def health(settings: Settings) -> Result:

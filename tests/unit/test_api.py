@@ -135,6 +135,29 @@ def test_models_lists_every_bundle_with_manifest_metadata(light_api, bundles_dir
         assert entry["cirrus"]["labels"] == manifest.labels
 
 
+def test_get_one_model_returns_the_same_entry_as_the_list(light_api):
+    _, listed, _ = call_api(load_event("models_get.json"))
+    by_id = {m["id"]: m for m in listed["data"]}
+    for name in (EMBEDDER, CLASSIFIER):
+        status, body, _ = call_api(api_event("GET", f"/v1/models/{name}"))
+        assert status == 200, body
+        assert body == by_id[name]
+
+
+def test_get_one_heavy_model_when_the_endpoint_is_enabled(env, bundles_dir):
+    env(model_dir=str(bundles_dir), heavy_endpoint_name="ep", heavy_models=["big-heavy"])
+    status, body, _ = call_api(api_event("GET", "/v1/models/big-heavy"))
+    assert status == 200, body
+    assert body["id"] == "big-heavy" and body["cirrus"] == {"path": "heavy", "task": "text-generation"}
+
+
+def test_get_unknown_or_unserved_model_is_404_model_not_found(env, bundles_dir):
+    env(model_dir=str(bundles_dir), models=[EMBEDDER], heavy_models=["big-heavy"])  # heavy endpoint off
+    for name in ("no-such-model", CLASSIFIER, "big-heavy"):
+        err = assert_error(*call_api(api_event("GET", f"/v1/models/{name}"))[:2], 404, "model_not_found")
+        assert err["param"] == "model"
+
+
 def test_health_is_ok_and_names_loaded_models(light_api):
     call_api(embed_event({"model": EMBEDDER, "input": "warm up"}))
     status, body, _ = call_api(load_event("health_get.json"))
