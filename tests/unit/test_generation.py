@@ -65,6 +65,16 @@ def test_bundle_manifest_describes_the_kv_cache_and_is_int8(tiny_bundle):
     assert 0 in g["eos_token_ids"]  # <|endoftext|>
 
 
+def test_generator_session_uses_the_runtimes_shared_session_options(tiny_generator):
+    from functions.core.runtime import session_options
+
+    got = tiny_generator.session.get_session_options()
+    want = session_options(tiny_generator.threads)
+    assert got.graph_optimization_level == want.graph_optimization_level
+    assert got.execution_mode == want.execution_mode
+    assert (got.intra_op_num_threads, got.inter_op_num_threads) == (1, 1)
+
+
 def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_generator):
     msgs = [("user", "Where is my order?")]
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0)

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 from functions.core.errors import BadRequest, BundleError
 from functions.core.generation.spec import GenerationSpec
 from functions.core.manifest import Manifest
-from functions.core.runtime import cpu_count
+from functions.core.runtime import cpu_count, session_options
 
 FinishReason = Literal["stop", "length"]
 
@@ -100,14 +100,10 @@ class OnnxGenerator:
         # Generation sees the whole prompt: the context window is enforced here, not by silent truncation.
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
-        opts = ort.SessionOptions()
         self.threads = intra_op_threads or cpu_count()
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
         try:
-            self.session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(model_path), sess_options=session_options(self.threads),
+                                                providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise BundleError(f"bundle {label}: {model_path.name} does not load ({exc.__class__.__name__})") from exc
         inputs = {i.name: i for i in self.session.get_inputs()}
