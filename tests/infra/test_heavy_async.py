@@ -9,25 +9,17 @@ import pytest
 from functions.core.generation.service import JOBS_PREFIX
 from infra.resources import RESOURCES
 from infra.settings import STAGES_CONTEXT_KEY, HeavyEndpointSettings, StageSettingsError, all_stages, parse_stage
+from template_support import as_list, ref_id
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 ASYNC_STAGES = ("prod", "citest")   # heavy on (g5: NVMe, no volume key / p3: EBS, volume key)
 
 
-def _ref(value) -> str | None:
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return value["Ref"]
-        if "Fn::GetAtt" in value:
-            return value["Fn::GetAtt"][0]
-    return None
-
-
 def _join(value) -> tuple[list, str]:
     """A CDK ``Fn::Join`` with an empty separator: (the tokens it references, its literal text)."""
     parts = value["Fn::Join"][1]
-    return [_ref(p) for p in parts if isinstance(p, dict)], "".join(p for p in parts if isinstance(p, str))
+    return [ref_id(p) for p in parts if isinstance(p, dict)], "".join(p for p in parts if isinstance(p, str))
 
 
 def _one(synth, stage: str, rtype: str, prefix: str) -> tuple[str, dict]:
@@ -44,10 +36,6 @@ def _api_statements(synth, stage: str) -> list[dict]:
     return pol["Properties"]["PolicyDocument"]["Statement"]
 
 
-def _as_list(v) -> list:
-    return v if isinstance(v, list) else [v]
-
-
 def test_infra_prefix_is_the_one_the_generation_service_uses():
     assert RESOURCES.jobs_generation_prefix == JOBS_PREFIX == "jobs/generation/"
 
@@ -61,7 +49,7 @@ def test_async_config_writes_results_and_failures_under_the_jobs_prefix_with_the
     assert out["S3OutputPath"] == {"Fn::Join": ["", ["s3://", {"Ref": bucket}, f"/{JOBS_PREFIX}out/"]]}
     assert out["S3FailurePath"] == {"Fn::Join": ["", ["s3://", {"Ref": bucket}, f"/{JOBS_PREFIX}failed/"]]}
     # Outputs are encrypted with the Cirrus key on every instance type (S3 objects, not the NVMe volume).
-    assert _ref(out["KmsKeyId"]).startswith("EncryptionKey")
+    assert ref_id(out["KmsKeyId"]).startswith("EncryptionKey")
     heavy = all_stages()[stage].heavy if stage in all_stages() else HeavyEndpointSettings()  # citest: defaults
     client = cfg["Properties"]["AsyncInferenceConfig"]["ClientConfig"]
     assert client["MaxConcurrentInvocationsPerInstance"] == heavy.async_max_concurrent_invocations
@@ -72,7 +60,7 @@ def test_async_config_takes_the_volume_key_only_where_sagemaker_allows_it(synth)
     _, p3 = _one(synth, "citest", "AWS::SageMaker::EndpointConfig", "HeavyAsync")
     assert g5["Properties"]["ProductionVariants"][0]["InstanceType"] == "ml.g5.xlarge"
     assert "KmsKeyId" not in g5["Properties"]          # NVMe: SageMaker rejects a KmsKeyId
-    assert _ref(p3["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
+    assert ref_id(p3["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
     acked = {stage: [rule.removeprefix("Annotation::") for path, entries in synth.metadata[stage].items() if "/HeavyAsync/EndpointConfig" in path
                      for e in entries if e["type"] == "aws:cdk:acknowledged-rules" for rule in e["data"]]
              for stage in ASYNC_STAGES}
@@ -84,7 +72,7 @@ def test_async_endpoint_serves_the_heavy_model_as_its_own_endpoint(synth, stage)
     _, cfg = _one(synth, stage, "AWS::SageMaker::EndpointConfig", "HeavyAsync")
     (variant,) = cfg["Properties"]["ProductionVariants"]
     (model_id,) = synth.resources(stage, "AWS::SageMaker::Model")
-    assert _ref(variant["ModelName"]) == model_id
+    assert ref_id(variant["ModelName"]) == model_id
     assert variant["InitialInstanceCount"] == 1     # CreateEndpoint needs one; autoscaling takes it to 0
     _, endpoint = _one(synth, stage, "AWS::SageMaker::Endpoint", "HeavyAsync")
     assert endpoint["Properties"]["EndpointName"] == f"cirrus-{stage}-heavy-async"
@@ -99,7 +87,7 @@ def test_async_endpoint_scales_to_zero_on_backlog_and_steps_out_of_zero(synth, s
     assert p["ResourceId"] == f"endpoint/{name}/variant/AllTraffic"
     assert p["ScalableDimension"] == "sagemaker:variant:DesiredInstanceCount"
     policies = {k: v["Properties"] for k, v in synth.resources(stage, "AWS::ApplicationAutoScaling::ScalingPolicy").items()
-                if _ref(v["Properties"]["ScalingTargetId"]) == tid}
+                if ref_id(v["Properties"]["ScalingTargetId"]) == tid}
     by_type = {v["PolicyType"]: (k, v) for k, v in policies.items()}
     assert set(by_type) == {"TargetTrackingScaling", "StepScaling"}
     metric = by_type["TargetTrackingScaling"][1]["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]
@@ -108,7 +96,7 @@ def test_async_endpoint_scales_to_zero_on_backlog_and_steps_out_of_zero(synth, s
     step_id, step = by_type["StepScaling"]
     assert step["StepScalingPolicyConfiguration"]["StepAdjustments"] == [{"MetricIntervalLowerBound": 0, "ScalingAdjustment": 1}]
     (alarm,) = [a["Properties"] for a in synth.resources(stage, "AWS::CloudWatch::Alarm").values()
-                if [_ref(x) for x in a["Properties"].get("AlarmActions", [])] == [step_id]]
+                if [ref_id(x) for x in a["Properties"].get("AlarmActions", [])] == [step_id]]
     assert alarm["MetricName"] == "HasBacklogWithoutCapacity" and alarm["Threshold"] == 1
     assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
     assert alarm["Dimensions"] == [{"Name": "EndpointName", "Value": name}]
@@ -117,7 +105,7 @@ def test_async_endpoint_scales_to_zero_on_backlog_and_steps_out_of_zero(synth, s
 @pytest.mark.parametrize("stage", ASYNC_STAGES)
 def test_api_may_invoke_exactly_the_async_endpoint_and_use_the_jobs_prefix(synth, stage):
     statements = _api_statements(synth, stage)
-    sagemaker = [(a, st["Resource"]) for st in statements for a in _as_list(st["Action"]) if a.startswith("sagemaker:")]
+    sagemaker = [(a, st["Resource"]) for st in statements for a in as_list(st["Action"]) if a.startswith("sagemaker:")]
     assert sorted(a for a, _ in sagemaker) == ["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"]
     resource = dict(sagemaker)["sagemaker:InvokeEndpointAsync"]
     assert _join(resource)[1].endswith(f":endpoint/cirrus-{stage}-heavy-async")
@@ -126,12 +114,12 @@ def test_api_may_invoke_exactly_the_async_endpoint_and_use_the_jobs_prefix(synth
     jobs = ([bucket], f"/{JOBS_PREFIX}*")
 
     def on_jobs(action: str) -> bool:
-        return any(action in _as_list(st["Action"]) and any(isinstance(r, dict) and "Fn::Join" in r and _join(r) == jobs
-                                                           for r in _as_list(st["Resource"])) for st in statements)
+        return any(action in as_list(st["Action"]) and any(isinstance(r, dict) and "Fn::Join" in r and _join(r) == jobs
+                                                           for r in as_list(st["Resource"])) for st in statements)
     assert on_jobs("s3:PutObject") and on_jobs("s3:GetObject*")
     # Objects are SSE-KMS with the Cirrus key: the API encrypts the request and decrypts results.
-    kms = {a for st in statements if _ref(st["Resource"]) and _ref(st["Resource"]).startswith("EncryptionKey")
-           for a in _as_list(st["Action"])}
+    kms = {a for st in statements if ref_id(st["Resource"]) and ref_id(st["Resource"]).startswith("EncryptionKey")
+           for a in as_list(st["Action"])}
     assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= kms
 
 
@@ -139,21 +127,21 @@ def test_api_may_invoke_exactly_the_async_endpoint_and_use_the_jobs_prefix(synth
 def test_execution_role_reads_only_job_requests_and_writes_only_the_output_prefixes(synth, stage):
     role_id, _ = _one(synth, stage, "AWS::IAM::Role", "HeavyExecutionRole")
     _, pol = _one(synth, stage, "AWS::IAM::Policy", "HeavyAsyncExecutionJobAccess")
-    assert [_ref(r) for r in pol["Properties"]["Roles"]] == [role_id]
+    assert [ref_id(r) for r in pol["Properties"]["Roles"]] == [role_id]
     bucket = _data_bucket(synth, stage)
     grants = {}
     for st in pol["Properties"]["PolicyDocument"]["Statement"]:
-        for r in _as_list(st["Resource"]):
+        for r in as_list(st["Resource"]):
             refs, path = _join(r)
             assert refs == [bucket], r
-            grants[path] = sorted(_as_list(st["Action"]))
+            grants[path] = sorted(as_list(st["Action"]))
     assert grants == {f"/{JOBS_PREFIX}genjob-*/request.json": ["s3:GetObject"],
                       f"/{JOBS_PREFIX}out/*": ["s3:AbortMultipartUpload", "s3:PutObject"],
                       f"/{JOBS_PREFIX}failed/*": ["s3:AbortMultipartUpload", "s3:PutObject"]}
     # SSE-KMS objects: the role decrypts requests and encrypts outputs with the one Cirrus key.
     _, default = _one(synth, stage, "AWS::IAM::Policy", "HeavyExecutionRoleDefaultPolicy")
     kms = {a for st in default["Properties"]["PolicyDocument"]["Statement"]
-           if _ref(st["Resource"]) and _ref(st["Resource"]).startswith("EncryptionKey") for a in _as_list(st["Action"])}
+           if ref_id(st["Resource"]) and ref_id(st["Resource"]).startswith("EncryptionKey") for a in as_list(st["Action"])}
     assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= kms
 
 

@@ -11,6 +11,7 @@ from infra.constructs.functions import FUNCTIONS
 from infra.resources import RESOURCES
 from infra.settings import all_stages
 from functions.core.settings import ENV_PREFIX, Settings
+from template_support import as_list, ref_id
 
 STAGES = ("dev", "prod", "citest")
 # Actions AWS offers no resource-level permission for: the only ones allowed on Resource "*".
@@ -20,19 +21,6 @@ STAR_RESOURCE_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords", "e
 
 def _statements(doc: dict) -> list[dict]:
     return doc.get("Statement", [])
-
-
-def _as_list(v) -> list:
-    return v if isinstance(v, list) else [v]
-
-
-def _ref_id(value) -> str | None:
-    if isinstance(value, dict):
-        if "Ref" in value:
-            return value["Ref"]
-        if "Fn::GetAtt" in value:
-            return value["Fn::GetAtt"][0]
-    return None
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -49,7 +37,7 @@ def test_every_bucket_is_encrypted_private_versioned_and_kms_where_s3_allows(syn
         assert p["VersioningConfiguration"]["Status"] == "Enabled"
         if "LoggingConfiguration" in p:       # artifacts + data: SSE-KMS with the stage key, bucket key on
             assert algo == "aws:kms" and sse["BucketKeyEnabled"] is True
-            assert _ref_id(sse["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]).startswith("EncryptionKey")
+            assert ref_id(sse["ServerSideEncryptionByDefault"]["KMSMasterKeyID"]).startswith("EncryptionKey")
             kms_buckets += 1
         else:                                 # the log target: S3 access logging cannot write SSE-KMS
             assert algo == "AES256" and lid.startswith("StorageAccessLogs")
@@ -64,7 +52,7 @@ def test_every_bucket_policy_denies_requests_without_tls(synth, stage):
     for pol in synth.resources(stage, "AWS::S3::BucketPolicy").values():
         for st in _statements(pol["Properties"]["PolicyDocument"]):
             if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
-                covered.add(_ref_id(pol["Properties"]["Bucket"]))
+                covered.add(ref_id(pol["Properties"]["Bucket"]))
     assert covered == buckets
 
 
@@ -77,7 +65,7 @@ def test_tables_are_kms_encrypted_with_pitr_and_the_resource_spec_keys(synth, st
         p = t["Properties"]
         spec = by_id[lid.removeprefix("Tables")[:-8]]
         assert p["SSESpecification"]["SSEEnabled"] is True and p["SSESpecification"]["SSEType"] == "KMS"
-        assert _ref_id(p["SSESpecification"]["KMSMasterKeyId"]).startswith("EncryptionKey")
+        assert ref_id(p["SSESpecification"]["KMSMasterKeyId"]).startswith("EncryptionKey")
         assert p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
         assert p["BillingMode"] == "PAY_PER_REQUEST"
         assert p["KeySchema"][0] == {"AttributeName": spec.partition.name, "KeyType": "HASH"}
@@ -92,12 +80,12 @@ def test_queues_are_kms_encrypted_tls_only_and_wired_to_dlqs(synth, stage):
     queues = synth.resources(stage, "AWS::SQS::Queue")
     assert len(queues) == 2 * len(RESOURCES.queues)
     for q in queues.values():
-        assert _ref_id(q["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
+        assert ref_id(q["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
     tls_only = set()
     for pol in synth.resources(stage, "AWS::SQS::QueuePolicy").values():
         for st in _statements(pol["Properties"]["PolicyDocument"]):
             if st["Effect"] == "Deny" and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}:
-                tls_only.update(_ref_id(r) for r in pol["Properties"]["Queues"])
+                tls_only.update(ref_id(r) for r in pol["Properties"]["Queues"])
     assert tls_only == set(queues)
     for spec in RESOURCES.queues:
         main = next(v for k, v in queues.items() if k.startswith(f"Batch{spec.id}") and "Dlq" not in k)
@@ -134,7 +122,7 @@ def test_every_log_group_is_kms_encrypted_with_retention(synth, stage):
     uploads_bundles = bool(synth.resources(stage, "Custom::CDKBucketDeployment"))
     assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles   # + API access logs (+ bundle deploy)
     for g in groups.values():
-        assert _ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
+        assert ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
         assert g["Properties"]["RetentionInDays"] > 0
 
 
@@ -146,7 +134,7 @@ def test_key_rotates_and_topic_is_encrypted(synth, stage):
                 for st in _statements(key["Properties"]["KeyPolicy"]) if "Service" in st["Principal"]}
     assert services == {"logs", "s3.amazonaws.com", "cloudwatch.amazonaws.com"}
     (topic,) = synth.resources(stage, "AWS::SNS::Topic").values()
-    assert _ref_id(topic["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
+    assert ref_id(topic["Properties"]["KmsMasterKeyId"]).startswith("EncryptionKey")
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -165,7 +153,7 @@ def test_api_stage_throttles_traces_and_logs_without_bodies(synth, stage):
     (st,) = synth.resources(stage, "AWS::ApiGateway::Stage").values()
     p = st["Properties"]
     assert p["TracingEnabled"] is True
-    assert _ref_id(p["AccessLogSetting"]["DestinationArn"]).startswith("ApiAccessLogs")
+    assert ref_id(p["AccessLogSetting"]["DestinationArn"]).startswith("ApiAccessLogs")
     (ms,) = p["MethodSettings"]
     assert ms["DataTraceEnabled"] is False and ms["ThrottlingRateLimit"] > 0 and ms["ThrottlingBurstLimit"] > 0
     bodies = [json.loads(r["Properties"]["ResponseTemplates"]["application/json"])
@@ -182,9 +170,9 @@ def test_waf_guards_prod_only(synth):
 def test_no_iam_wildcard_beyond_the_acknowledged_ones(synth, stage):
     for lid, pol in synth.resources(stage, "AWS::IAM::Policy").items():
         for st in _statements(pol["Properties"]["PolicyDocument"]):
-            actions = _as_list(st["Action"])
+            actions = as_list(st["Action"])
             assert not any(a == "*" or a.endswith(":*") for a in actions), (lid, actions)
-            if "*" in _as_list(st["Resource"]):
+            if "*" in as_list(st["Resource"]):
                 assert set(actions) <= STAR_RESOURCE_ACTIONS, (lid, actions)
     for lid, role in synth.resources(stage, "AWS::IAM::Role").items():
         managed = json.dumps(role["Properties"].get("ManagedPolicyArns", []))
@@ -239,7 +227,7 @@ def test_heavy_endpoint_scales_to_zero_with_an_inference_component(synth):
 
 def test_heavy_endpoint_on_ebs_instances_is_kms_encrypted_and_target_tracked(synth):
     (cfg,) = _sync_heavy(synth, "citest", "AWS::SageMaker::EndpointConfig")
-    assert _ref_id(cfg["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
+    assert ref_id(cfg["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
     (variant,) = cfg["Properties"]["ProductionVariants"]
     assert variant["InitialInstanceCount"] == 1 and "ModelName" in variant
     (target,) = _sync_heavy(synth, "citest", "AWS::ApplicationAutoScaling::ScalableTarget")
@@ -254,7 +242,7 @@ def test_heavy_execution_role_is_scoped_not_sagemaker_full_access(synth):
     pol = next(v for k, v in synth.resources("prod", "AWS::IAM::Policy").items()
                if k.startswith("HeavyExecutionRoleDefaultPolicy"))
     assert any(r.get("Ref") == role_id for r in pol["Properties"]["Roles"])
-    actions = {a for st in _statements(pol["Properties"]["PolicyDocument"]) for a in _as_list(st["Action"])}
+    actions = {a for st in _statements(pol["Properties"]["PolicyDocument"]) for a in as_list(st["Action"])}
     assert not any(a.startswith("sagemaker:") or a.startswith("s3:") for a in actions)
     assert {"ecr:BatchGetImage", "logs:PutLogEvents", "cloudwatch:PutMetricData"} <= actions
 
@@ -271,7 +259,7 @@ def test_alarms_cover_api_functions_dlqs_and_endpoint_and_notify_the_topic(synth
     notify = [a for a in alarms.values() if a["Properties"].get("AlarmActions") == [{"Ref": topic}]]
     # all but the scale-from-zero triggers, which drive autoscaling policies
     drive = [a for a in alarms.values() if a["Properties"].get("AlarmActions")
-             and {_ref_id(x) for x in a["Properties"]["AlarmActions"]} <= scaling]
+             and {ref_id(x) for x in a["Properties"]["AlarmActions"]} <= scaling]
     assert len(notify) + len(drive) == len(alarms) and len(drive) <= 2
     assert synth.resources(stage, "AWS::CloudWatch::Dashboard")
 
@@ -286,7 +274,7 @@ def test_default_bundles_are_uploaded_under_models_then_pointed_to(synth):
         assert any(p.startswith(f"models/{name}/") and p != f"models/{name}/" for p in prefixes)
     for lid, d in deployments.items():
         sse = d["Properties"]["SystemMetadata"]
-        assert sse["sse"] == "aws:kms" and _ref_id(sse["sse-kms-key-id"]).startswith("EncryptionKey")
+        assert sse["sse"] == "aws:kms" and ref_id(sse["sse-kms-key-id"]).startswith("EncryptionKey")
         assert d["Properties"]["Prune"] is False
         if "pointer" in lid:
             assert any("files" in dep for dep in d.get("DependsOn", []))

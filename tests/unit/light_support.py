@@ -80,8 +80,8 @@ def assert_error(status: int, body: Any, expected_status: int, code: str | None 
     return err
 
 
-def direct_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
-    """The bundle's own ONNX output, one text at a time (no padding), pooled as the manifest says.
+def _direct_outputs(bundle_dir: Path, texts: list[str]) -> tuple[Manifest, list[np.ndarray]]:
+    """The bundle's own ONNX output for each text, run one at a time (no padding).
 
     Written independently of functions.core.runtime so the handler is checked against it.
     """
@@ -91,13 +91,21 @@ def direct_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
     tok.enable_truncation(manifest.max_length)
     sess = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     names = {i.name for i in sess.get_inputs()}
-    out = []
+    outputs = []
     for text in texts:
         ids = np.array([tok.encode(text).ids], dtype=np.int64)
         feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
         if "token_type_ids" in names:
             feeds["token_type_ids"] = np.zeros_like(ids)
-        h = sess.run([manifest.output_name], feeds)[0][0]
+        outputs.append(sess.run([manifest.output_name], feeds)[0][0])
+    return manifest, outputs
+
+
+def direct_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
+    """The bundle's own ONNX output per text, pooled and normalised as the manifest says."""
+    manifest, outputs = _direct_outputs(bundle_dir, texts)
+    out = []
+    for h in outputs:
         if h.ndim == 1:
             v = h
         elif manifest.pooling == "mean":
@@ -115,19 +123,11 @@ def direct_embeddings(bundle_dir: Path, texts: list[str]) -> np.ndarray:
 
 
 def direct_probabilities(bundle_dir: Path, texts: list[str]) -> np.ndarray:
-    manifest = Manifest.read(bundle_dir)
-    tok = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(manifest.max_length)
-    sess = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
+    """The bundle's own ONNX logits per text, softmaxed."""
+    _, outputs = _direct_outputs(bundle_dir, texts)
     out = []
-    for text in texts:
-        ids = np.array([tok.encode(text).ids], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-        if "token_type_ids" in names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        logits = sess.run([manifest.output_name], feeds)[0][0].astype(np.float64)
+    for logits in outputs:
+        logits = logits.astype(np.float64)
         e = np.exp(logits - logits.max())
         out.append(e / e.sum())
     return np.stack(out)

@@ -140,6 +140,16 @@ def test_heavy_faults_surface_as_503_with_retry_after_then_fast_refusals(gen_api
     assert standin.calls == calls  # the breaker answered; the endpoint was not called
 
 
+def finished_job(status_url: str, timeout_s: float = 20) -> tuple[int, dict]:
+    """Poll the job status route until the job leaves in_progress (or the time is up)."""
+    deadline = time.time() + timeout_s
+    while True:
+        status, view, _ = call_api(api_event("GET", status_url))
+        if view["status"] != "in_progress" or time.time() > deadline:
+            return status, view
+        time.sleep(0.1)
+
+
 def test_async_request_becomes_a_job_whose_status_route_returns_the_completion(gen_api, standin):
     gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy", heavy_async_endpoint_name="cirrus-heavy",
             data_bucket="cirrus-data")
@@ -148,12 +158,7 @@ def test_async_request_becomes_a_job_whose_status_route_returns_the_completion(g
     assert status == 202, job
     assert headers["x-cirrus-route"].startswith("async; async requested")
     assert job["status"] == "in_progress" and headers["Location"] == job["status_url"]
-    deadline = time.time() + 20
-    while True:
-        status, view, _ = call_api(api_event("GET", job["status_url"]))
-        if view["status"] != "in_progress" or time.time() > deadline:
-            break
-        time.sleep(0.1)
+    status, view = finished_job(job["status_url"])
     assert status == 200 and view["status"] == "succeeded", view
     assert view["result"]["object"] == "chat.completion" and view["result"]["model"] == TINY
 
@@ -166,12 +171,7 @@ def test_async_failure_lands_under_the_failure_prefix_and_the_job_reads_failed(g
     status, job, _ = chat({"model": TINY, "messages": long_prompt, "max_tokens": 8},
                           headers={"Prefer": "respond-async"})
     assert status == 202, job
-    deadline = time.time() + 20
-    while True:
-        status, view, _ = call_api(api_event("GET", job["status_url"]))
-        if view["status"] != "in_progress" or time.time() > deadline:
-            break
-        time.sleep(0.1)
+    status, view = finished_job(job["status_url"])
     assert status == 200 and view["status"] == "failed", view
     assert view["error"]["code"] == "generation_failed"
     s3 = boto3.client("s3", region_name="us-east-1")

@@ -53,6 +53,20 @@ def err(stub: Stubber, code: str, status: int, message: str = "", **fields) -> N
                           http_status_code=status, modeled_fields=fields or None)
 
 
+def open_breaker(heavy, stub) -> None:
+    """Every attempt of one call fails with 503: the breaker opens (reset 30 s)."""
+    for _ in range(3):
+        err(stub, "ServiceUnavailable", 503)
+    with pytest.raises(ModelUnavailable):
+        heavy.invoke(PAYLOAD)
+
+
+def open_then_half_open(heavy, stub, clock) -> None:
+    open_breaker(heavy, stub)
+    clock.t += 31
+    assert heavy.breaker.state == "half_open"
+
+
 def test_heavy_call_sends_tgi_payload_and_returns_the_completion(rig):
     heavy, stub, _, _ = rig
     raw = json.dumps(ANSWER).encode()
@@ -100,10 +114,7 @@ def test_5xx_opens_the_breaker_and_later_calls_get_503_without_calling(rig):
 
 def test_breaker_half_opens_after_the_reset_and_a_good_probe_closes_it(rig):
     heavy, stub, clock, _ = rig
-    for _ in range(3):
-        err(stub, "ServiceUnavailable", 503)
-    with pytest.raises(ModelUnavailable):
-        heavy.invoke(PAYLOAD)
+    open_breaker(heavy, stub)
     clock.t += 10
     assert heavy.breaker.state == "open" and heavy.breaker.retry_after() == 20
     clock.t += 20
@@ -115,11 +126,7 @@ def test_breaker_half_opens_after_the_reset_and_a_good_probe_closes_it(rig):
 
 def test_a_failed_half_open_probe_reopens_the_breaker(rig):
     heavy, stub, clock, _ = rig
-    for _ in range(3):
-        err(stub, "ServiceUnavailable", 503)
-    with pytest.raises(ModelUnavailable):
-        heavy.invoke(PAYLOAD)
-    clock.t += 31
+    open_then_half_open(heavy, stub, clock)
     err(stub, "ServiceUnavailable", 503)
     with pytest.raises(ModelUnavailable):
         heavy.invoke(PAYLOAD)
@@ -181,18 +188,9 @@ def test_unreadable_endpoint_answer_is_503_not_a_crash(rig):
     assert exc.value.code == "bad_endpoint_response"
 
 
-def _open_then_half_open(heavy, stub, clock) -> None:
-    for _ in range(3):
-        err(stub, "ServiceUnavailable", 503)
-    with pytest.raises(ModelUnavailable):
-        heavy.invoke(PAYLOAD)
-    clock.t += 31
-    assert heavy.breaker.state == "half_open"
-
-
 def test_a_half_open_probe_refused_by_the_container_closes_the_breaker(rig):
     heavy, stub, clock, _ = rig
-    _open_then_half_open(heavy, stub, clock)
+    open_then_half_open(heavy, stub, clock)
     err(stub, "ModelError", 424, OriginalStatusCode=422, OriginalMessage='{"error":"too long"}')
     with pytest.raises(ValidationFailed):
         heavy.invoke(PAYLOAD)
@@ -203,7 +201,7 @@ def test_a_half_open_probe_refused_by_the_container_closes_the_breaker(rig):
 
 def test_a_throttled_half_open_probe_lets_the_next_call_probe_again(rig):
     heavy, stub, clock, _ = rig
-    _open_then_half_open(heavy, stub, clock)
+    open_then_half_open(heavy, stub, clock)
     for _ in range(3):
         err(stub, "ThrottlingException", 400)
     with pytest.raises(Throttled):
@@ -216,7 +214,7 @@ def test_a_throttled_half_open_probe_lets_the_next_call_probe_again(rig):
 
 def test_a_half_open_probe_with_an_unknown_client_error_lets_the_next_call_probe_again(rig):
     heavy, stub, clock, _ = rig
-    _open_then_half_open(heavy, stub, clock)
+    open_then_half_open(heavy, stub, clock)
     err(stub, "AccessDeniedException", 400, "not allowed")
     with pytest.raises(ModelUnavailable) as exc:
         heavy.invoke(PAYLOAD)
