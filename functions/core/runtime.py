@@ -41,6 +41,13 @@ def session_options(threads: int) -> ort.SessionOptions:
     return opts
 
 
+def require_task(manifest: Manifest, task: str) -> None:
+    """The one task check: 422 ``model_task_mismatch`` when the bundle serves another task."""
+    if manifest.task != task:
+        raise ValidationFailed(f"model {manifest.name!r} is a {manifest.task} model, not {task}",
+                               param="model", code="model_task_mismatch")
+
+
 @dataclass(frozen=True)
 class Encoded:
     """Tokenized inputs, in request order: ids per input and how many tokens each one used."""
@@ -137,14 +144,9 @@ class OnnxModel:
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run([self.manifest.output_name], feeds)[0]
 
-    def _require(self, task: str) -> None:
-        if self.manifest.task != task:
-            raise ValidationFailed(f"model {self.name!r} is a {self.manifest.task} model, not {task}",
-                                   param="model", code="model_task_mismatch")
-
     def embed(self, texts: Sequence[str], *, overflow: str = "truncate") -> tuple[np.ndarray, list[int]]:
         """Embeddings (float32, [n, dim], request order) and the token count of each input."""
-        self._require("feature-extraction")
+        require_task(self.manifest, "feature-extraction")
         encoded = self.tokenize(texts, overflow=overflow)
         out: np.ndarray | None = None
         for idx, feeds in self._batches(encoded):
@@ -179,7 +181,7 @@ class OnnxModel:
 
     def classify(self, texts: Sequence[str], *, overflow: str = "truncate") -> tuple[np.ndarray, list[int]]:
         """Class probabilities (softmax over the logits, [n, n_labels], columns = manifest.labels)."""
-        self._require("text-classification")
+        require_task(self.manifest, "text-classification")
         encoded = self.tokenize(texts, overflow=overflow)
         n_labels = len(self.manifest.labels)
         out = np.empty((len(texts), n_labels), dtype=np.float32)

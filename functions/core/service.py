@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from functions.core.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
+from functions.core.errors import ModelNotFound, PayloadTooLarge
 from functions.core.model_store import loaded_versions, store
 from functions.core.observability import logger, metrics, tracer
+from functions.core.runtime import require_task
 from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
 from functions.core.settings import Settings
 
@@ -42,9 +43,7 @@ def check_limits(texts: list[str], settings: Settings) -> None:
 def model_for(name: str, task: str) -> Any:
     """The loaded model ``name``, refused with 422 when it serves another task (e.g. generation)."""
     model = store().get(name)
-    if model.manifest.task != task:
-        raise ValidationFailed(f"model {name!r} is a {model.manifest.task} model, not {task}",
-                               param="model", code="model_task_mismatch")
+    require_task(model.manifest, task)  # before touching embed/classify, which a generator lacks
     return model
 
 

@@ -89,6 +89,14 @@ def test_unknown_model_is_404(gen_api):
     assert_error(status, resp, 404, "model_not_found")
 
 
+def test_chat_on_a_light_model_that_does_not_generate_is_422_task_mismatch(gen_api, tiny_bundle):
+    # Misconfigured stage: an embedding bundle listed as a generation model.
+    gen_api(models=[TINY, "all-minilm-l6-v2"], generation_models=["all-minilm-l6-v2"])
+    status, resp, _ = chat({"model": "all-minilm-l6-v2", "messages": USER, "max_tokens": 4})
+    err = assert_error(status, resp, 422, "model_task_mismatch")
+    assert err["param"] == "model" and "not text-generation" in err["message"]
+
+
 def test_over_the_light_budget_without_a_heavy_endpoint_is_422(gen_api):
     status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 40})
     assert_error(status, resp, 422, "over_token_budget")

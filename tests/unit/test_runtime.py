@@ -8,7 +8,7 @@ import pytest
 
 from functions.core.errors import BundleError, PayloadTooLarge, ValidationFailed
 from functions.core.manifest import Manifest, file_entry
-from functions.core.runtime import OnnxModel, cpu_count
+from functions.core.runtime import OnnxModel, cpu_count, require_task
 from light_support import CLASSIFIER, EMBEDDER, cosine, direct_embeddings, local_store  # noqa: F401
 
 
@@ -85,6 +85,18 @@ def test_wrong_task_is_a_422(embedder, classifier):
         embedder.classify(["x"])
     with pytest.raises(ValidationFailed):
         classifier.embed(["x"])
+
+
+def test_one_task_check_serves_the_runtime_and_the_services(embedder, classifier):
+    require_task(embedder.manifest, "feature-extraction")  # the right task passes
+    with pytest.raises(ValidationFailed) as shared:
+        require_task(embedder.manifest, "text-generation")
+    err = shared.value
+    assert (err.status, err.code, err.param) == (422, "model_task_mismatch", "model")
+    assert err.message == f"model '{EMBEDDER}' is a feature-extraction model, not text-generation"
+    with pytest.raises(ValidationFailed) as direct:
+        embedder.classify(["x"])
+    assert direct.value.message == f"model '{EMBEDDER}' is a feature-extraction model, not text-classification"
 
 
 def test_a_manifest_naming_a_missing_output_is_a_bundle_error(embedder):

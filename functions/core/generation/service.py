@@ -14,14 +14,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.core.adapters import s3
 from functions.core.adapters.base import translate
-from functions.core.errors import ModelUnavailable, NotFound, ValidationFailed
+from functions.core.errors import ModelUnavailable, NotFound
 from functions.core.generation.heavy import HeavyClient
-from functions.core.generation.onnx_generator import OnnxGenerator
 from functions.core.generation.router import ROUTE_HEADER, Decision, decide
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
 from functions.core.model_store import store
 from functions.core.observability import logger, metrics
+from functions.core.runtime import require_task
 from functions.core.service import MODEL_VERSION_HEADER, Result
 from functions.core.settings import Settings
 
@@ -65,9 +65,7 @@ def _record(model: str, decision: Decision, usage: dict, seconds: float) -> None
 # --- light: the ONNX bundle in this container -------------------------------------------------------
 def _light(req: Request, settings: Settings) -> Result:
     model = store().get(req.model)
-    if not isinstance(model, OnnxGenerator):
-        raise ValidationFailed(f"model {req.model!r} is a {model.manifest.task} model, not text-generation",
-                               param="model", code="model_task_mismatch")
+    require_task(model.manifest, "text-generation")
     params = req.sampling(settings.generation_default_max_tokens)
     if _is_chat(req):
         gen = model.chat(req.turns(), params)  # type: ignore[union-attr]
