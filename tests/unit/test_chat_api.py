@@ -97,6 +97,24 @@ def test_chat_on_a_light_model_that_does_not_generate_is_422_task_mismatch(gen_a
     assert err["param"] == "model" and "not text-generation" in err["message"]
 
 
+def test_chat_and_completion_heavy_payloads_carry_the_same_sampling_fields():
+    from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
+
+    sampling = {"temperature": 0.5, "top_p": 0.9, "seed": 7, "stop": "END"}
+    chat_body = ChatCompletionRequest(model="big", messages=USER, max_completion_tokens=9,
+                                      **sampling).heavy_payload(100)
+    text_body = CompletionRequest(model="big", prompt="Hi", max_tokens=9, **sampling).heavy_payload(100)
+    assert chat_body == {"model": "big", "messages": [{"role": "user", "content": "Where is my order?"}],
+                         "max_tokens": 9, "stream": False, "temperature": 0.5, "top_p": 0.9, "seed": 7,
+                         "stop": ["END"]}
+    assert {k: v for k, v in text_body.items() if k != "prompt"} == {
+        k: v for k, v in chat_body.items() if k != "messages"}
+    assert text_body["prompt"] == "Hi"
+    # Unset sampling fields are left to the container's defaults; the budget falls back to the stage's.
+    assert CompletionRequest(model="big", prompt="Hi").heavy_payload(100) == {
+        "model": "big", "prompt": "Hi", "max_tokens": 100, "stream": False}
+
+
 def test_over_the_light_budget_without_a_heavy_endpoint_is_422(gen_api):
     status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 40})
     assert_error(status, resp, 422, "over_token_budget")

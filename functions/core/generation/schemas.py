@@ -67,6 +67,16 @@ class _GenerationRequest(BaseModel):
     def budget(self, default: int) -> int:
         return self.max_tokens or default
 
+    def heavy_sampling(self, default_max_tokens: int) -> dict:
+        """The budget, sampling and stop fields of a heavy-endpoint body (TGI takes OpenAI's names)."""
+        body: dict = {"max_tokens": self.budget(default_max_tokens), "stream": False}
+        for key in ("temperature", "top_p", "seed"):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
+        if self.stop is not None:
+            body["stop"] = list(self.stops())
+        return body
+
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.budget(default_max_tokens),
                               temperature=1.0 if self.temperature is None else self.temperature,
@@ -91,14 +101,8 @@ class ChatCompletionRequest(_GenerationRequest):
 
     def heavy_payload(self, default_max_tokens: int) -> dict:
         """The body for the heavy endpoint: TGI's Messages API (see docs/heavy.md)."""
-        body: dict = {"model": self.model, "messages": [{"role": r, "content": c} for r, c in self.turns()],
-                      "max_tokens": self.budget(default_max_tokens), "stream": False}
-        for key in ("temperature", "top_p", "seed"):
-            if getattr(self, key) is not None:
-                body[key] = getattr(self, key)
-        if self.stop is not None:
-            body["stop"] = list(self.stops())
-        return body
+        return {"model": self.model, "messages": [{"role": r, "content": c} for r, c in self.turns()],
+                **self.heavy_sampling(default_max_tokens)}
 
 
 class CompletionRequest(_GenerationRequest):
@@ -121,14 +125,8 @@ class CompletionRequest(_GenerationRequest):
         return clean_text(self.prompt if isinstance(self.prompt, str) else self.prompt[0])
 
     def heavy_payload(self, default_max_tokens: int) -> dict:
-        body: dict = {"model": self.model, "prompt": self.text(), "max_tokens": self.budget(default_max_tokens),
-                      "stream": False}
-        for key in ("temperature", "top_p", "seed"):
-            if getattr(self, key) is not None:
-                body[key] = getattr(self, key)
-        if self.stop is not None:
-            body["stop"] = list(self.stops())
-        return body
+        """The body for the heavy endpoint: TGI's OpenAI-compatible completions route."""
+        return {"model": self.model, "prompt": self.text(), **self.heavy_sampling(default_max_tokens)}
 
 
 def _usage(gen: Generation) -> dict[str, int]:
