@@ -33,6 +33,12 @@ class BadRequest(CirrusError):
     status, type, code = 400, "invalid_request_error", "bad_request"
 
 
+class ContextLengthExceeded(BadRequest):
+    """More tokens than the model's window (embeddings with overflow=reject, generation prompts).
+    400 as in the OpenAI API, whose clients raise BadRequestError for it; 413 is kept for request size."""
+    code = "context_length_exceeded"
+
+
 class Unauthorized(CirrusError):
     status, type, code = 401, "authentication_error", "invalid_api_key"
 

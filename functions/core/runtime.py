@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from functions.core.errors import BundleError, PayloadTooLarge, ValidationFailed
+from functions.core.errors import BundleError, ContextLengthExceeded, ValidationFailed
 from functions.core.manifest import Manifest
 
 
@@ -112,14 +112,14 @@ class OnnxModel:
 
     # --- tokenization ----------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate") -> Encoded:
-        """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (413)."""
+        """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (400)."""
         encodings = self._tokenizer.encode_batch(list(texts))
         if overflow == "reject":
             for i, enc in enumerate(encodings):
                 if enc.overflowing:
-                    raise PayloadTooLarge(
+                    raise ContextLengthExceeded(
                         f"input[{i}] is longer than the model's limit of {self.manifest.max_length} tokens",
-                        param="input", code="context_length_exceeded")
+                        param="input")
         return Encoded(encodings)
 
     # --- inference -------------------------------------------------------------------------------

@@ -73,4 +73,4 @@ class ClassifyRequest(_TextsRequest):
     """``POST /v1/classify``: label probabilities per input (text-embeddings-inference ``/predict`` style)."""
 
     model: StrictStr  # no server-side default classifier: say which one
-    top_k: int | None = Field(default=None, ge=1)  # None: every label
+    top_k: StrictInt | None = Field(default=None, ge=1)  # None: every label; "2" is refused, not coerced

@@ -113,6 +113,13 @@ def test_classify_picks_the_obvious_support_intent(light_api):
     assert [d["label"] for d in body["data"]] == list(cases.values())
 
 
+@pytest.mark.parametrize("top_k", ["2", 0, 1.5, True])
+def test_classify_top_k_must_be_a_positive_integer(light_api, top_k):
+    err = assert_error(*call_api(api_event("POST", "/v1/classify",
+                                           {"model": CLASSIFIER, "input": "x", "top_k": top_k}))[:2], 422)
+    assert err["param"] == "top_k"
+
+
 def test_classify_top_k_keeps_the_best_labels(light_api):
     status, body, _ = call_api(api_event("POST", "/v1/classify",
                                          {"model": CLASSIFIER, "input": "refund my order", "top_k": 2}))
@@ -255,11 +262,13 @@ def test_input_over_the_token_limit_is_truncated_by_default(light_api, bundles_d
     assert body["usage"]["prompt_tokens"] == max_len
 
 
-def test_input_over_the_token_limit_is_413_when_overflow_is_reject(light_api, env, bundles_dir):
+def test_input_over_the_token_limit_is_400_context_length_exceeded_when_overflow_is_reject(light_api, env,
+                                                                                           bundles_dir):
+    # 400 as OpenAI answers context_length_exceeded (and as the generation path does); 413 is request size.
     env(model_dir=str(bundles_dir), token_overflow="reject")
     max_len = Manifest.read(bundles_dir / EMBEDDER).max_length
     err = assert_error(*call_api(embed_event({"model": EMBEDDER, "input": ["fine", "word " * (2 * max_len)]}))[:2],
-                       413, "context_length_exceeded")
+                       400, "context_length_exceeded")
     assert "input[1]" in err["message"]
 
 

@@ -64,6 +64,9 @@ def test_same_seed_gives_the_same_sampled_reply(gen_api):
 @pytest.mark.parametrize("body,param", [
     ({"model": TINY, "messages": USER, "max_tokens": -1}, "max_tokens"),
     ({"model": TINY, "messages": USER, "max_tokens": 0}, "max_tokens"),
+    ({"model": TINY, "messages": USER, "max_tokens": "2"}, "max_tokens"),  # strict: no string coercion
+    ({"model": TINY, "messages": USER, "max_completion_tokens": "2"}, "max_completion_tokens"),
+    ({"model": TINY, "messages": USER, "seed": "7"}, "seed"),
     ({"model": TINY, "messages": []}, "messages"),
     ({"model": TINY, "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
     ({"model": TINY, "messages": USER, "temperature": 3}, "temperature"),

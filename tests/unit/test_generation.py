@@ -120,7 +120,7 @@ def test_stop_sequence_cuts_the_text_before_it(tiny_generator):
 def test_prompt_over_the_context_window_is_a_400(tiny_generator):
     with pytest.raises(BadRequest) as exc:
         tiny_generator.generate_ids([5] * 600, SamplingParams(max_new_tokens=4))
-    assert exc.value.code == "context_length_exceeded"
+    assert (exc.value.status, exc.value.code) == (400, "context_length_exceeded")  # the same as embeddings
 
 
 def test_chat_template_marks_roles_with_the_tokenizers_special_tokens(tiny_generator):

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from functions.core.errors import BundleError, PayloadTooLarge, ValidationFailed
+from functions.core.errors import BundleError, ContextLengthExceeded, ValidationFailed
 from functions.core.manifest import Manifest, file_entry
 from functions.core.runtime import OnnxModel, cpu_count, require_task
 from light_support import CLASSIFIER, EMBEDDER, cosine, direct_embeddings, local_store  # noqa: F401
@@ -52,8 +52,9 @@ def test_max_length_truncates_or_rejects_per_setting(embedder):
     long_text = "token " * (embedder.manifest.max_length * 2)
     _, counts = embedder.embed([long_text, "short"])
     assert counts[0] == embedder.manifest.max_length
-    with pytest.raises(PayloadTooLarge):
+    with pytest.raises(ContextLengthExceeded) as exc:
         embedder.embed(["short", long_text], overflow="reject")
+    assert (exc.value.status, exc.value.code, exc.value.param) == (400, "context_length_exceeded", "input")
 
 
 def test_pooling_and_normalisation_follow_the_manifest(embedder, tmp_path):

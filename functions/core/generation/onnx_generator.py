@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from functions.core.errors import BadRequest, BundleError
+from functions.core.errors import BadRequest, BundleError, ContextLengthExceeded
 from functions.core.generation.spec import GenerationSpec
 from functions.core.manifest import Manifest
 from functions.core.runtime import cpu_count, session_options
@@ -149,9 +149,8 @@ class OnnxGenerator:
             raise BadRequest("the prompt is empty after tokenization", param="messages")
         room = self.spec.context_length - n_prompt
         if room < 1:
-            raise BadRequest(f"the prompt has {n_prompt} tokens; model {self.name!r} has a context "
-                             f"window of {self.spec.context_length} tokens", param="messages",
-                             code="context_length_exceeded")
+            raise ContextLengthExceeded(f"the prompt has {n_prompt} tokens; model {self.name!r} has a context "
+                                        f"window of {self.spec.context_length} tokens", param="messages")
         budget = min(params.max_new_tokens, room)
         rng = np.random.default_rng(params.seed)
         eos = set(self.spec.eos_token_ids)

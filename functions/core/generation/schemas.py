@@ -9,7 +9,7 @@ import time
 import uuid
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
 from functions.core.generation.onnx_generator import Generation, SamplingParams
 from functions.core.schemas import clean_text
@@ -40,12 +40,12 @@ class _GenerationRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: StrictStr = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
-    n: int | None = Field(None, ge=1, le=1, description="only one choice per request")
+    seed: StrictInt | None = None
+    n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
     stream: Literal[False] | None = Field(None, description="streaming is not supported; use async jobs")
     user: StrictStr | None = None
     presence_penalty: float | None = Field(None, ge=0.0, le=0.0)
@@ -87,7 +87,7 @@ class ChatCompletionRequest(_GenerationRequest):
     """OpenAI ``POST /v1/chat/completions`` (non-streaming)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)  # the newer name of max_tokens
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)  # the newer name of max_tokens
 
     @model_validator(mode="after")
     def _one_budget(self) -> "ChatCompletionRequest":
