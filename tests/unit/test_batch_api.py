@@ -87,6 +87,12 @@ def test_unknown_job_is_404_and_a_bad_limit_is_422(pipeline):
     assert_error(*get("/v1/jobs", {"limit": "0"})[:2], 422)
 
 
+def test_a_non_ascii_digit_limit_is_422_not_a_server_error(pipeline):
+    # "²".isdigit() is True but int("²") raises; "١" (Arabic-Indic one) int() would accept.
+    for raw in ("²", "١", "1²"):
+        assert_error(*get("/v1/jobs", {"limit": raw})[:2], 422)
+
+
 def test_create_rejects_unknown_models_and_fields(pipeline):
     status, body, _ = call_api(api_event("POST", "/v1/jobs", {"model": "nope", "inputs": ["x"]}))
     assert_error(status, body, 404, "model_not_found")

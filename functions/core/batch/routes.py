@@ -127,7 +127,8 @@ def get_job(job_id: str) -> Response:
 @router.get("/v1/jobs")
 def list_jobs() -> Response:
     raw = router.current_event.get_query_string_value("limit", "20") or "20"
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    # isascii(): str.isdigit() also accepts "²" and other digits int() refuses (would be a 500).
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise ValidationFailed("limit must be an integer from 1 to 100", param="limit")
     try:
         found = jobs.job_store().recent(limit=int(raw), owner=_owner())
