@@ -10,6 +10,8 @@ import argparse
 import json
 import sys
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from functions.core.adapters.base import make_client
 from functions.core.auth import KeyStore
 from functions.core.errors import CirrusError
@@ -41,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(keys.revoke(args.key_id).public(), indent=2))
     except (CirrusError, RuntimeError) as exc:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
+        return 1
+    except ClientError as exc:  # e.g. a wrong table name: AWS's code and message, one line
+        err = exc.response.get("Error", {})
+        print(f"error: {err.get('Code', 'error')}: {err.get('Message', '')}", file=sys.stderr)
+        return 1
+    except (BotoCoreError, ValueError) as exc:  # no region or credentials, unreachable or malformed endpoint
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 

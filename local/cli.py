@@ -382,6 +382,17 @@ def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float) -> dict[st
 # ----------------------------------------------------------------------------- parser
 
 
+def port(text: str) -> int:
+    """argparse type: a TCP port 0-65535 (0 = any free port), refused before anything starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m local",
@@ -395,8 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Start Cirrus on this machine and keep it running until Ctrl-C. "
                                     "Idempotent: if it already runs, says where.")
     up.add_argument("--host", default="127.0.0.1", help="address the API listens on (default 127.0.0.1)")
-    up.add_argument("--port", type=int, default=3000, help="API port (default 3000; 0 = any free port)")
-    up.add_argument("--aws-port", type=int, default=0, help="moto server port (default: any free port)")
+    up.add_argument("--port", type=port, default=3000, help="API port (default 3000; 0 = any free port)")
+    up.add_argument("--aws-port", type=port, default=0, help="moto server port (default: any free port)")
     up.add_argument("--bundles-dir", type=Path, default=DEFAULT_BUNDLES_DIR,
                     help=f"model bundles cache (default: {DEFAULT_BUNDLES_DIR})")
     up.add_argument("--models", metavar="A,B",

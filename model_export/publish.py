@@ -28,7 +28,10 @@ SHA_META = "sha256"  # object metadata key holding the file's hex sha256
 
 def make_s3_client(endpoint_url: str | None = None, region: str | None = None):
     """An S3 client with Cirrus's timeouts/retries; endpoint from the flag or AWS_ENDPOINT_URL."""
-    return make_client("s3", endpoint_url=endpoint_url, region_name=region)
+    try:
+        return make_client("s3", endpoint_url=endpoint_url, region_name=region)
+    except ValueError as exc:  # botocore: "Invalid endpoint: <url>" for a malformed --endpoint-url
+        raise PublishError(str(exc)) from None
 
 
 def _now() -> str:

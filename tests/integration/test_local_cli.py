@@ -52,6 +52,14 @@ def test_up_on_a_taken_port_fails_with_a_clear_message(tmp_path):
     assert "Traceback" not in out.stdout + out.stderr
 
 
+
+def test_up_refuses_an_out_of_range_port_before_starting_anything(tmp_path):
+    for flag, value, message in (("--port", "99999", "port must be 0-65535, got 99999"),
+                                 ("--aws-port", "-1", "port must be 0-65535, got -1")):
+        out = _local("up", flag, value, "--state-dir", str(tmp_path))
+        assert out.returncode == 2 and f"error: argument {flag}: {message}" in out.stderr
+        assert "Traceback" not in out.stderr and not (tmp_path / "state.json").exists()
+
 def test_status_and_env_when_nothing_runs(tmp_path):
     out = _local("status", "--state-dir", str(tmp_path))
     assert out.returncode == 3 and "not running" in out.stdout

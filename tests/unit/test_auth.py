@@ -156,3 +156,26 @@ def test_cli_creates_prints_once_lists_and_revokes(table, capsys):
 def test_cli_reports_errors_without_a_traceback(table, capsys):
     assert keys_cli.main(["--table", table, "revoke", "0" * 16]) == 1
     assert "no API key with id" in capsys.readouterr().err
+
+
+def test_cli_reports_a_table_that_does_not_exist_on_one_line(table, capsys):
+    assert keys_cli.main(["--table", "no-such-table", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ResourceNotFoundException") and len(err.strip().splitlines()) == 1
+
+
+def test_cli_reports_a_missing_region_on_one_line(aws_env, monkeypatch, tmp_path, capsys):
+    for var in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))  # no region from ~/.aws/config either
+    assert keys_cli.main(["--table", "t", "list"]) == 1
+    assert capsys.readouterr().err == "error: You must specify a region.\n"
+
+
+@pytest.mark.parametrize("endpoint, message", [
+    ("http://127.0.0.1:9", 'error: Could not connect to the endpoint URL: "http://127.0.0.1:9/"'),
+    ("notaurl", "error: Invalid endpoint: notaurl"),
+])
+def test_cli_reports_a_bad_endpoint_on_one_line(aws_env, capsys, endpoint, message):
+    assert keys_cli.main(["--table", "t", "--endpoint-url", endpoint, "list"]) == 1
+    assert capsys.readouterr().err.strip() == message

@@ -64,3 +64,8 @@ def test_cli_reports_a_missing_bucket_on_one_line(moto_server, bundles_dir):
     assert code == 4
     lines = [line for line in err.strip().splitlines() if not line.startswith("[publish]")]
     assert lines == [lines[0]] and "NoSuchBucket" in lines[0]
+
+
+def test_cli_reports_a_malformed_endpoint_url_on_one_line(aws_env, bundles_dir):
+    code, _, err = run_cli("publish", str(bundles_dir / NAME), "--bucket", BUCKET, "--endpoint-url", "notaurl")
+    assert (code, err) == (4, "model_export publish: error: Invalid endpoint: notaurl\n")
