@@ -104,6 +104,15 @@ def test_create_rejects_unknown_models_and_fields(pipeline):
     assert_error(status, body, 422)
 
 
+def test_an_inline_input_shaped_like_a_file_header_is_refused_not_dropped(pipeline):
+    # As line 1 of the written file it would become the header and yield no result or error line.
+    for inputs in ([{"defaults": {"model": EMBEDDER}}, "x"], ["x", {"defaults": {"task": "embed"}}]):
+        status, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": inputs}))
+        err = assert_error(status, body, 422)
+        assert "defaults" in err["message"] and err["param"] == "inputs"
+    assert pipeline.depth(pipeline.events.url) == 0  # no file was written
+
+
 def test_presigned_upload_url_expires_after_the_configured_time(pipeline, env):
     env(batch_url_expiry_s=600)
     _, body, _ = call_api(api_event("POST", "/v1/jobs", {}))

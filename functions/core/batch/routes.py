@@ -13,7 +13,7 @@ from typing import Any
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.router import APIGatewayRouter
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from functions.core.adapters import s3
 from functions.core.adapters.base import translate
@@ -37,6 +37,16 @@ class CreateJob(BaseModel):
     model: str | None = Field(None, min_length=1, max_length=128)
     task: Task | None = None
     inputs: list[str | dict[str, Any]] | None = Field(None, min_length=1)
+
+    @field_validator("inputs")
+    @classmethod
+    def _no_header(cls, inputs: list[str | dict[str, Any]] | None) -> list[str | dict[str, Any]] | None:
+        # Written as line 1 of the file, {"defaults": ...} would be read as the file header and the
+        # input would vanish without a result or error line; the body's model/task are the defaults.
+        for i, item in enumerate(inputs or []):
+            if isinstance(item, dict) and "defaults" in item:
+                raise ValueError(f"inputs[{i}] has 'defaults': give defaults as the body's model and task")
+        return inputs
 
 
 def _owner() -> str | None:
