@@ -119,6 +119,7 @@ class GatewayResponse:
     type: str
     code: str
     message: str
+    headers: dict[str, str] = field(default_factory=dict)  # besides Content-Type
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": None, "code": self.code}}
@@ -126,6 +127,7 @@ class GatewayResponse:
 
 _BAD_KEY = GatewayResponse(401, "authentication_error", "invalid_api_key",
                            "Missing or invalid API key (Authorization: Bearer <key>).")
+_RETRY_AFTER = {"Retry-After": "1"}
 _UNKNOWN_ROUTE = GatewayResponse(404, "invalid_request_error", "not_found", "Unknown route.")
 
 # The REST API's gateway responses, keyed by API Gateway ResponseType name: infra.constructs.api
@@ -139,8 +141,11 @@ GATEWAY_RESPONSES: dict[str, GatewayResponse] = {
     "ACCESS_DENIED": _BAD_KEY,
     "MISSING_AUTHENTICATION_TOKEN": _UNKNOWN_ROUTE,  # what REST APIs answer for an unknown route
     "RESOURCE_NOT_FOUND": _UNKNOWN_ROUTE,
-    "THROTTLED": GatewayResponse(429, "rate_limit_error", "rate_limited", "Rate limit reached; retry later."),
-    "QUOTA_EXCEEDED": GatewayResponse(429, "rate_limit_error", "quota_exceeded", "Quota exceeded."),
+    # Stage throttling is a token bucket refilled every second: a client may retry after 1 s.
+    "THROTTLED": GatewayResponse(429, "rate_limit_error", "rate_limited", "Rate limit reached; retry later.",
+                                 headers=_RETRY_AFTER),
+    "QUOTA_EXCEEDED": GatewayResponse(429, "rate_limit_error", "quota_exceeded", "Quota exceeded.",
+                                      headers=_RETRY_AFTER),
     "REQUEST_TOO_LARGE": GatewayResponse(413, "invalid_request_error", "payload_too_large",
                                          "The request body is too large."),
     "INTEGRATION_TIMEOUT": GatewayResponse(504, "server_error", "timeout",

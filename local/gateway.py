@@ -43,7 +43,7 @@ class GatewayError(CirrusError):
 
     def __init__(self, name: str, status: int | None = None) -> None:
         spec = GATEWAY_RESPONSES[name]
-        super().__init__(spec.message, code=spec.code)
+        super().__init__(spec.message, code=spec.code, headers=dict(spec.headers))
         self.type = spec.type
         self.status = spec.status if spec.status is not None else status
         if self.status is None:

@@ -71,7 +71,9 @@ class Api(Construct):
                 f"Gw{name}", type=apigw.ResponseType.of(name),
                 status_code=None if response.status is None else str(response.status),
                 templates={"application/json": json.dumps(response.body())},
-                response_headers={"Content-Type": "'application/json'"})
+                # Gateway response header values are mapping expressions: literals in single quotes.
+                response_headers={"Content-Type": "'application/json'",
+                                  **{k: f"'{v}'" for k, v in response.headers.items()}})
         acknowledge(self.rest_api, id="AwsSolutions-COG4",
             reason="Clients are services holding API keys; a Lambda TOKEN authorizer checks salted key hashes.")
         acknowledge(self.rest_api, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",

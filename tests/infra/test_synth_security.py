@@ -161,6 +161,16 @@ def test_api_stage_throttles_traces_and_logs_without_bodies(synth, stage):
     assert bodies and all(set(b["error"]) == {"message", "type", "param", "code"} for b in bodies)
 
 
+
+def test_gateway_429_responses_tell_clients_when_to_retry(synth):
+    responses = {r["Properties"]["ResponseType"]: r["Properties"]
+                 for r in synth.resources("dev", "AWS::ApiGateway::GatewayResponse").values()}
+    throttles = {t: p for t, p in responses.items() if p.get("StatusCode") == "429"}
+    assert set(throttles) == {"THROTTLED", "QUOTA_EXCEEDED"}
+    for props in throttles.values():
+        assert props["ResponseParameters"] == {"gatewayresponse.header.Content-Type": "'application/json'",
+                                               "gatewayresponse.header.Retry-After": "'1'"}
+
 def test_waf_guards_prod_only(synth):
     assert synth.resources("prod", "AWS::WAFv2::WebACLAssociation")
     assert not synth.resources("dev", "AWS::WAFv2::WebACL")

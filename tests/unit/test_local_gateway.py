@@ -9,8 +9,8 @@ import requests
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 
 from infra.resources import GATEWAY_RESPONSES, ROUTES
-from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayServer, HttpRequest, Routes, evaluate_policy,
-                           method_arn)
+from local.gateway import (MAX_PAYLOAD_BYTES, Gateway, GatewayError, GatewayServer, HttpRequest, Routes,
+                           _error_response, evaluate_policy, method_arn)
 from local.lambdas import LambdaFunction
 
 ARN_PREFIX = "arn:aws:execute-api:us-east-1:123456789012:cirruslocal/local"
@@ -179,6 +179,13 @@ def test_authorizer_deny_policy_is_the_stacks_401(served):
     assert r.json() == GATEWAY_RESPONSES["ACCESS_DENIED"].body()
     assert api.events == []
 
+
+
+@pytest.mark.parametrize("name", ["THROTTLED", "QUOTA_EXCEEDED"])
+def test_gateway_429_answers_carry_retry_after_like_the_stack(name):
+    resp = _error_response(GatewayError(name))
+    assert resp.status == 429 and ("Retry-After", "1") in resp.headers
+    assert json.loads(resp.body) == GATEWAY_RESPONSES[name].body()
 
 def test_allow_for_another_route_only_is_denied(served):
     url, api, _ = served(authorizer=lambda e, c: allow_all(e, resource=ARN_PREFIX + "/GET/v1/models"))
