@@ -243,7 +243,9 @@ class LocalSystem:
 
         fields: dict[str, Any] = dict(prov.settings_fields)
         fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
-                      max_receive_count=prov.queues["Work"].max_receive_count)
+                      max_receive_count=prov.queues["Work"].max_receive_count,
+                      # One user: files dropped in the bucket (`submit`) show in GET /v1/jobs for the dev key.
+                      batch_unowned_jobs_visible=True)
         if heavy_url:
             # Requests for the heavy model (sync and async) reach the stand-in through the production
             # SageMaker runtime client.

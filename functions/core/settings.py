@@ -57,6 +57,9 @@ class Settings(BaseModel):
     batch_job_ttl_days: int = Field(30, ge=1)           # job records expire (DynamoDB TTL)
     batch_url_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)  # presigned upload/result URLs
     max_receive_count: int = Field(3, ge=1)             # = the queues' redrive maxReceiveCount
+    # Jobs of files dropped straight into the bucket have no owner: shown to every API key only when
+    # set (a single-tenant stage, the local system); always shown to callers without an authorizer.
+    batch_unowned_jobs_visible: bool = False
     # --- runtime ---
     intra_op_threads: int = 0  # 0: one per CPU the function has
     stage: str = "local"

@@ -81,6 +81,41 @@ def test_list_shows_newest_first_and_only_the_callers_jobs(pipeline):
     assert_error(status, body, 404, "job_not_found")
 
 
+def without_authorizer(event: dict) -> dict:
+    event = copy.deepcopy(event)
+    event["requestContext"].pop("authorizer")
+    return event
+
+
+def test_a_file_dropped_in_the_bucket_is_not_visible_to_api_keys_unless_the_stage_shares_it(pipeline, env):
+    key = pipeline.upload("dropped.jsonl", [{"input": "not yours"}])
+    pipeline.drain()
+    dropped = pipeline.job_for(key)["id"]
+    _, mine, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": ["mine"]}))
+    assert_error(*get(f"/v1/jobs/{dropped}")[:2], 404, "job_not_found")
+    _, listed, _ = get("/v1/jobs")
+    assert [j["id"] for j in listed["data"]] == [mine["id"]]
+    # Direct (admin) invocation without an authorizer sees every job, with result URLs.
+    status, job, _ = call_api(without_authorizer(api_event("GET", f"/v1/jobs/{dropped}")))
+    assert status == 200 and job["output"]["results_url"]
+    env(batch_unowned_jobs_visible="true")  # a single-tenant stage (the local system) shares them
+    assert get(f"/v1/jobs/{dropped}")[0] == 200
+    _, listed, _ = get("/v1/jobs")
+    assert [j["id"] for j in listed["data"]] == [mine["id"], dropped]
+
+
+def test_other_bytes_put_again_to_an_api_jobs_input_key_start_no_ownerless_job(pipeline):
+    _, body, _ = call_api(api_event("POST", "/v1/jobs", {"inputs": ["first"]}))
+    pipeline.drain()
+    pipeline.upload(f"{body['id']}.jsonl", [{"input": "someone else's bytes"}])  # e.g. the presigned URL reused
+    pipeline.drain()
+    items = pipeline.ddb.scan(TableName=pipeline.table, FilterExpression="sk = :j",
+                              ExpressionAttributeValues={":j": {"S": "JOB"}})["Items"]
+    assert [i["id"]["S"] for i in items] == [body["id"]]
+    status, job, _ = call_api(without_authorizer(api_event("GET", f"/v1/jobs/{body['id']}")))
+    assert job["status"] == "succeeded" and job["counts"]["total"] == 1
+
+
 def test_unknown_job_is_404_and_a_bad_limit_is_422(pipeline):
     assert_error(*get("/v1/jobs/job_" + "f" * 24)[:2], 404, "job_not_found")
     assert_error(*get("/v1/jobs/../../etc")[:2], 404)

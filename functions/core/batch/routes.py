@@ -2,8 +2,9 @@
 
 ``POST /v1/jobs`` either takes small inline inputs (written to jobs/input/<id>.jsonl here) or returns
 a presigned PUT URL for that key; either way the S3 event starts the same pipeline as a dropped
-file. Jobs carry the API key id that created them; a key sees its own jobs and ones dropped
-straight into the bucket (no owner); without an authorizer every job is visible.
+file. Jobs carry the API key id that created them; a key sees only its own jobs (ones dropped
+straight into the bucket have no owner: visible to keys only with CIRRUS_BATCH_UNOWNED_JOBS_VISIBLE);
+without an authorizer (direct/admin invocation) every job is visible.
 """
 from __future__ import annotations
 
@@ -123,8 +124,9 @@ def _get_visible(job_id: str) -> dict[str, Any]:
         job = jobs.job_store().get(job_id)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, "reading the job") from exc
-    owner = _owner()  # None: no authorizer in front (local without keys) - everything is visible
-    if job is None or (owner is not None and job.get("owner") not in (None, owner)):
+    owner = _owner()  # None: no authorizer in front (direct/admin invocation) - everything is visible
+    visible = (None, owner) if get_settings().batch_unowned_jobs_visible else (owner,)
+    if job is None or (owner is not None and job.get("owner") not in visible):
         raise NotFound(f"No job '{job_id}'", param="job_id", code="job_not_found")
     return job
 
@@ -141,7 +143,8 @@ def list_jobs() -> Response:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise ValidationFailed("limit must be an integer from 1 to 100", param="limit")
     try:
-        found = jobs.job_store().recent(limit=int(raw), owner=_owner())
+        found = jobs.job_store().recent(limit=int(raw), owner=_owner(),
+                                        with_unowned=get_settings().batch_unowned_jobs_visible)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, "listing jobs") from exc
     return _json({"object": "list", "data": [view(j, with_urls=False) for j in found]})

@@ -84,9 +84,17 @@ def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
         if taken is not None:
             return stem
         existing = store.get(stem)
-        if existing is not None and existing.get("input_etag") == ref.etag:
-            return _resume_or_skip(existing, token)
-        # No such API job, or other bytes re-uploaded over a started one: a new job of its own.
+        if existing is not None:
+            if existing.get("input_etag") == ref.etag:
+                return _resume_or_skip(existing, token)
+            # Other bytes PUT again through the job's presigned URL: not a job of their own (it would
+            # have no owner, its results visible to other keys). The API job reads with If-Match, so a
+            # job still reading the key ends as input_changed.
+            logger.warning("re-upload to an API job's input key ignored",
+                           extra={"job_id": stem, "status": existing["status"]})
+            metrics.add_metric(name="BatchDuplicateEvents", unit="Count", value=1)
+            return None
+        # No such API job: a file dropped under a job-like name is a job of its own.
     job_id = jobs.job_id_for(ref.bucket, ref.key, ref.etag)
     record = store.new_job(job_id, status=Status.SPLITTING.value, input_bucket=ref.bucket, input_key=ref.key,
                            input_etag=ref.etag, input_bytes=ref.size, split_by=token,

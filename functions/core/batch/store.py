@@ -114,15 +114,15 @@ class JobStore:
             raise
         return from_item(attrs)
 
-    def recent(self, *, limit: int, owner: str | None = None) -> list[dict[str, Any]]:
-        """Newest jobs first (the by_created index); with ``owner``, that owner's and unowned ones."""
+    def recent(self, *, limit: int, owner: str | None = None, with_unowned: bool = False) -> list[dict[str, Any]]:
+        """Newest jobs first (the by_created index); with ``owner``, only that owner's (+ unowned ones)."""
         kwargs: dict[str, Any] = {
             "TableName": self.table, "IndexName": "by_created",
             "KeyConditionExpression": "kind = :k", "ScanIndexForward": False,
             "ExpressionAttributeValues": {":k": {"S": KIND}},
         }
         if owner is not None:
-            kwargs["FilterExpression"] = "attribute_not_exists(#o) OR #o = :o"
+            kwargs["FilterExpression"] = ("attribute_not_exists(#o) OR #o = :o" if with_unowned else "#o = :o")
             kwargs["ExpressionAttributeNames"] = {"#o": "owner"}
             kwargs["ExpressionAttributeValues"][":o"] = {"S": owner}
         out: list[dict[str, Any]] = []
