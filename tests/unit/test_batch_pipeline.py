@@ -303,6 +303,51 @@ def test_dead_lettered_notification_leaves_a_failed_job_record(pipeline, monkeyp
     assert len(pipeline.dead_letters(pipeline.events)) == 1
 
 
+class Killed(BaseException):
+    """Lambda stopping the function at its timeout: no except clause of the handler runs."""
+
+
+def test_splitter_killed_mid_send_on_every_delivery_leaves_a_failed_job_not_a_running_one(pipeline, monkeypatch):
+    from functions.handlers.batch_splitter import handler
+    from light_support import FakeContext
+    from local.pollers import sqs_record
+
+    real = sqs_adapter.send_messages
+
+    def sends_one_then_dies(url, bodies):
+        real(url, bodies[:1])
+        raise Killed()
+
+    monkeypatch.setattr(sqs_adapter, "send_messages", sends_one_then_dies)
+    key = pipeline.upload("killed.jsonl", [good(i) for i in range(230)])
+    (event,) = pipeline.receive(pipeline.events.url)
+    with pytest.raises(Killed):
+        handler({"Records": [sqs_record(event, pipeline.events.arn)]}, FakeContext())
+    assert pipeline.job_for(key)["status"] == "running"
+    # After maxReceiveCount such deliveries SQS dead-letters the notification; the backstop takes it.
+    pipeline.sqs.delete_message(QueueUrl=pipeline.events.url, ReceiptHandle=event["ReceiptHandle"])
+    pipeline.sqs.send_message(QueueUrl=pipeline.events.dlq_url, MessageBody=event["Body"])
+    assert dlq_deliver(pipeline, pipeline.events) == set()
+    job = pipeline.job_for(key)
+    assert (job["status"], job["error"]["code"]) == ("failed", "split_failed")
+    pipeline.drain()  # the one chunk message that did leave finds the job ended and changes nothing
+    assert pipeline.job_for(key)["updated_at"] == job["updated_at"]
+
+
+def test_dead_lettered_notification_of_a_fully_sent_split_leaves_the_job_to_its_workers(pipeline):
+    from functions.handlers.batch_splitter import handler
+
+    key = pipeline.upload("sent.jsonl", [good(i) for i in range(150)])
+    (event,) = pipeline.receive(pipeline.events.url)
+    assert pipeline.deliver(pipeline.events, handler, [event]) == set()
+    assert pipeline.job_for(key)["chunks_sent"] == 2
+    pipeline.sqs.send_message(QueueUrl=pipeline.events.dlq_url, MessageBody=event["Body"])
+    assert dlq_deliver(pipeline, pipeline.events) == set()
+    assert pipeline.job_for(key)["status"] == "running"
+    pipeline.drain()
+    assert pipeline.job_for(key)["status"] == "succeeded"
+
+
 def test_job_store_is_the_only_writer_of_counts(pipeline):
     """A chunk recorded twice (worker and DLQ backstop racing) changes the counts once."""
     store = jobs.job_store()

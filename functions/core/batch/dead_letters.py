@@ -40,9 +40,11 @@ def handle_dead_letter(body: str, *, message_id: str, receive_count: int) -> Non
         for job_id in candidates:
             job = store.get(job_id)
             if job is not None and job.get("input_etag") in (ref.etag, None):
-                if job["status"] in (Status.AWAITING_UPLOAD.value, Status.SPLITTING.value):
-                    jobs.fail_job(store, job_id, "split_failed", "the input file could not be split "
-                                                                 f"(event dead-lettered after {receive_count} receives)")
+                # A job still "running" without chunks_sent lost its splitter mid-send: its chunk
+                # messages may never all exist, so nothing would ever finish it.
+                jobs.fail_job(store, job_id, "split_failed", "the input file could not be split "
+                                                             f"(event dead-lettered after {receive_count} receives)",
+                              unsent_only=True)
                 break
         else:
             # The splitter died before creating a record: create it failed, so the file is not lost.

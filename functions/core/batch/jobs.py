@@ -75,12 +75,22 @@ def reset() -> None:
 ACTIVE = (Status.AWAITING_UPLOAD, Status.SPLITTING, Status.RUNNING, Status.FINALISING)
 
 
-def fail_job(store: JobStore, job_id: str, code: str, message: str, **fields: Any) -> dict[str, Any] | None:
-    """Mark a job failed with a clear reason, unless it already ended (the first ending wins)."""
-    values = {f":s{i}": s.value for i, s in enumerate(ACTIVE)}
+def fail_job(store: JobStore, job_id: str, code: str, message: str, *, unsent_only: bool = False,
+             **fields: Any) -> dict[str, Any] | None:
+    """Mark a job failed with a clear reason, unless it already ended (the first ending wins).
+
+    ``unsent_only``: only while its chunk messages are not all known sent (waiting, splitting, or
+    running without ``chunks_sent``), so a job whose workers are under way is left to them.
+    """
+    statuses = (Status.AWAITING_UPLOAD, Status.SPLITTING) if unsent_only else ACTIVE
+    values = {f":s{i}": s.value for i, s in enumerate(statuses)}
+    condition = f"#status IN ({', '.join(values)})"
+    if unsent_only:
+        values[":run"] = Status.RUNNING.value
+        condition += " OR (#status = :run AND attribute_not_exists(chunks_sent))"
     job = store.update(job_id, {"status": Status.FAILED.value, "error": {"code": code, "message": message},
                                 "completed_at": now_iso(), **fields},
-                       condition=f"#status IN ({', '.join(values)})", values=values)
+                       condition=condition, values=values)
     if job is not None:
         logger.warning("batch job failed", extra={"job_id": job_id, "code": code})
     return job

@@ -139,6 +139,9 @@ def split(job_id: str, ref: ObjectRef, store: JobStore, settings: Settings, *, t
         return
     sqs.send_messages(jobs.require(settings.work_queue_url, "work_queue_url"),
                       [m.model_dump_json() for m in messages])
+    # Only now is the job in the workers' hands: until chunks_sent is set, a splitter that died
+    # mid-send (timeout) leaves a job the dead-letter handler fails instead of one running forever.
+    store.update(job_id, {"chunks_sent": len(messages)})
     logger.info("batch job split", extra={"job_id": job_id, "lines": lines, "chunks": len(messages)})
     metrics.add_metric(name="BatchJobsStarted", unit="Count", value=1)
 
