@@ -115,8 +115,11 @@ class StageSettings(_Strict):
     python_version: Literal["3.12", "3.13"] = "3.12"
     removal_policy: Literal["destroy", "retain"] = "destroy"
     log_retention_days: int = 30
-    models: tuple[str, ...] = ("all-minilm-l6-v2", "cirrus-intent-minilm", "cirrus-tiny-gpt2")
+    models: tuple[str, ...] = ("all-minilm-l6-v2", "cirrus-intent-minilm")
     default_embedding_model: str = "all-minilm-l6-v2"
+    # Models the api function generates text with on Lambda (ONNX, the light path). Default none:
+    # the shipped cirrus-tiny-gpt2 has random weights, a demo that only dev lists in cdk.json.
+    generation_models: tuple[str, ...] = ()
     # Upload .cache/bundles/<model>/ at deploy. False: the bucket starts empty (publish with
     # `python -m model_export publish`); tests synth without built bundles this way.
     upload_bundles: bool = True
@@ -155,7 +158,7 @@ class StageSettings(_Strict):
             raise ValueError(f"log_retention_days must be one of {LOG_RETENTION_DAYS}, got {v}")
         return v
 
-    @field_validator("models")
+    @field_validator("models", "generation_models")
     @classmethod
     def _models(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         bad = [m for m in v if not _NAME.fullmatch(m)]
@@ -175,6 +178,9 @@ class StageSettings(_Strict):
             raise ValueError(f"functions.authorizer.timeout_s must be <= 29, got {f.authorizer.timeout_s}")
         if self.models and self.default_embedding_model not in self.models:
             raise ValueError(f"default_embedding_model {self.default_embedding_model!r} is not in models {list(self.models)}")
+        if self.models and set(self.generation_models) - set(self.models):
+            raise ValueError(f"generation_models {sorted(set(self.generation_models) - set(self.models))} "
+                             f"are not in models {list(self.models)}")
         if self.heavy.enabled and self.heavy.served_model in self.models:
             raise ValueError(f"heavy.served_model {self.heavy.served_model!r} clashes with a Lambda-served model")
         return self

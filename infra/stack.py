@@ -24,8 +24,8 @@ from infra.settings import StageSettings
 
 # Which Settings fields (functions/core/settings.py) each function receives. Names only.
 FUNCTION_ENV = {
-    "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "jobs_table", "data_bucket",
-            "heavy_endpoint_name", "heavy_models", "heavy_inference_component", "heavy_async_endpoint_name"),
+    "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "generation_models", "jobs_table",
+            "data_bucket", "heavy_endpoint_name", "heavy_models", "heavy_inference_component", "heavy_async_endpoint_name"),
     "authorizer": ("stage", "api_keys_table"),
     "batch_splitter": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
                        "jobs_table", "idempotency_table", "work_queue_url", "max_receive_count"),
@@ -63,6 +63,7 @@ class CirrusStack(Stack):
             raise ValueError("the batch functions read one max_receive_count; queues disagree")
         values: dict[str, object] = {"stage": stage.name, "models": list(stage.models),
                                      "default_embedding_model": stage.default_embedding_model,
+                                     "generation_models": list(stage.generation_models),
                                      "max_receive_count": receives.pop()}
         values |= {b.env: storage.buckets[b.id].bucket_name for b in RESOURCES.buckets}
         values |= {t.env: tables[t.id].table_name for t in RESOURCES.tables}

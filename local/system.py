@@ -115,7 +115,7 @@ class LocalSystem:
             with _timed(timings, "heavy"):
                 heavy_url, heavy_pid, heavy_note = self._heavy(bundles, prov)
             with _timed(timings, "functions"):
-                self._environment(prov, heavy_url)
+                self._environment(prov, heavy_url, models)
                 gateway_url = self._gateway()
             with _timed(timings, "batch"):
                 batch, batch_note = self._batch(prov)
@@ -237,12 +237,15 @@ class LocalSystem:
                 time.sleep(0.2)
         raise StartupError(f"the heavy stand-in did not answer /ping within 60 s; see {log_path}")
 
-    def _environment(self, prov, heavy_url: str | None) -> None:
+    def _environment(self, prov, heavy_url: str | None, models: dict[str, str]) -> None:
         """The functions' environment: Settings from what was provisioned, AWS endpoints on loopback."""
         from functions.core.settings import Settings, get_settings
 
         fields: dict[str, Any] = dict(prov.settings_fields)
         fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
+                      # The light generation models of the stage imitated (dev: the cirrus-tiny-gpt2
+                      # demo), set explicitly: the functions default to none. Only those published here.
+                      generation_models=[m for m in self.cfg.stage_settings().generation_models if m in models],
                       max_receive_count=prov.queues["Work"].max_receive_count,
                       # One user: files dropped in the bucket (`submit`) show in GET /v1/jobs for the dev key.
                       batch_unowned_jobs_visible=True)

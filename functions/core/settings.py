@@ -38,7 +38,8 @@ class Settings(BaseModel):
     heavy_breaker_failures: int = Field(5, ge=1)      # consecutive failures that open the breaker
     heavy_breaker_reset_s: float = Field(30.0, gt=0)  # open this long, then one half-open probe
     # --- generation (functions/core/generation) ---
-    generation_models: list[str] = Field(default_factory=lambda: ["cirrus-tiny-gpt2"])  # light: ONNX on Lambda
+    # Light path (ONNX on Lambda). Empty by default: the stage names them (dev: the cirrus-tiny-gpt2 demo).
+    generation_models: list[str] = Field(default_factory=list)
     generation_default_max_tokens: int = Field(128, ge=1)
     light_max_tokens: int = Field(256, ge=1)     # larger requests leave the Lambda (heavy or async)
     sync_max_tokens: int = Field(1024, ge=1)     # larger requests become async jobs

@@ -14,6 +14,13 @@ def test_cdk_json_defines_valid_dev_and_prod_stages():
     assert stages["prod"].removal_policy == "retain" and stages["prod"].api.waf is True
 
 
+
+def test_only_dev_serves_the_random_weight_demo_generator():
+    stages = all_stages()
+    assert stages["dev"].generation_models == ("cirrus-tiny-gpt2",)
+    assert stages["prod"].generation_models == () and "cirrus-tiny-gpt2" not in stages["prod"].models
+    assert parse_stage({"new": {}}, "new").generation_models == ()  # a stage must opt in
+
 def test_default_stage_is_the_context_stage():
     assert load_stage().name == read_context()["stage"]
 
@@ -35,6 +42,7 @@ def test_default_stage_is_the_context_stage():
     ({"models": ["Bad Name"]}, "model names must be lowercase"),
     ({"models": ["a", "a"]}, "listed twice"),
     ({"default_embedding_model": "nope"}, "default_embedding_model 'nope' is not in models"),
+    ({"generation_models": ["cirrus-tiny-gpt2"]}, "generation_models ['cirrus-tiny-gpt2'] are not in models"),
     ({"account": "123"}, "account must be 12 digits"),
     ({"memory": 1024}, "memory: Extra inputs are not permitted"),
 ])

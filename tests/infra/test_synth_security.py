@@ -216,6 +216,16 @@ def test_api_function_knows_the_heavy_endpoint_only_where_enabled(synth):
     assert not synth.resources("dev", "AWS::SageMaker::Endpoint")
 
 
+
+def test_api_function_generates_on_lambda_only_with_the_stages_generation_models(synth):
+    def api_env(stage):
+        fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items() if k.startswith("Functionsapi"))
+        return fn["Properties"]["Environment"]["Variables"]
+    assert api_env("dev")["CIRRUS_GENERATION_MODELS"] == "cirrus-tiny-gpt2"
+    assert api_env("prod")["CIRRUS_GENERATION_MODELS"] == ""   # explicit: no random-weight demo in prod
+    prod = {"CIRRUS_GENERATION_MODELS": api_env("prod")["CIRRUS_GENERATION_MODELS"]}
+    assert Settings.from_env(prod).generation_models == []
+
 def _sync_heavy(synth, stage: str, rtype: str) -> list[dict]:
     """The sync heavy endpoint's resources (the async endpoint lives in HeavyAsync*, tests/infra/test_heavy_async.py)."""
     return [v for k, v in synth.resources(stage, rtype).items() if k.startswith("Heavy") and not k.startswith("HeavyAsync")]

@@ -12,3 +12,8 @@ def test_env_round_trips_empty_and_filled_lists():
 
 def test_empty_scalar_variable_still_means_unset():
     assert Settings.from_env({"CIRRUS_DATA_BUCKET": ""}).data_bucket is None
+
+
+def test_functions_generate_on_lambda_with_no_model_unless_the_stage_names_one():
+    # The shipped cirrus-tiny-gpt2 has random weights: only a stage (dev, the local system) opts in.
+    assert Settings.from_env({}).generation_models == []
