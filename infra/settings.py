@@ -47,8 +47,18 @@ class FunctionsSettings(_Strict):
     batch_splitter: LambdaSettings = LambdaSettings(memory_mb=512, timeout_s=120)
     batch_worker: LambdaSettings = LambdaSettings(memory_mb=3008, timeout_s=300)
     batch_dlq: LambdaSettings = LambdaSettings(memory_mb=1024, timeout_s=120)
-    # SQS event source batch size for the batch functions (1-10 for standard queues w/o a window).
+    # SQS event source batch size for the splitter and the DLQ consumer (1-10 for standard queues w/o
+    # a window). The batch worker always takes 1: see sqs_batch_size_for.
     sqs_batch_size: int = Field(5, ge=1, le=10)
+
+    def sqs_batch_size_for(self, consumer: str) -> int:
+        """The event source batch size of a queue consumer (function id), in AWS and in local/.
+
+        One chunk per worker invocation: in a batch, a chunk that runs into the function timeout
+        fails the whole invocation, so its batch-mates come back unrun, each delivery counting
+        towards maxReceiveCount, until they are dead-lettered and their lines become chunk_failed.
+        """
+        return 1 if consumer == "batch_worker" else self.sqs_batch_size
 
 
 class ApiSettings(_Strict):

@@ -308,13 +308,13 @@ class LocalSystem:
         if missing:
             return False, "batch jobs: not available yet (handlers missing: " + ", ".join(missing) + ")"
         sqs = client("sqs", prov.endpoint_url)
-        batch_size = self.cfg.stage_settings().functions.sqs_batch_size
+        functions = self.cfg.stage_settings().functions  # event source batch sizes as in the stack
         for q in prov.queues.values():
             for url, arn, fid in ((q.url, q.arn, q.consumer), (q.dlq_url, q.dlq_arn, q.dlq_consumer)):
                 if fid is None:
                     continue
                 poller = QueuePoller(sqs, queue_url=url, queue_arn=arn, function=self._function(fid),
-                                     batch_size=batch_size, wait_s=self.cfg.poll_wait_s)
+                                     batch_size=functions.sqs_batch_size_for(fid), wait_s=self.cfg.poll_wait_s)
                 poller.start()
                 self.pollers.append(poller)
                 self._stops.append((f"poller {poller.name}", poller.stop))
@@ -338,7 +338,7 @@ class LocalSystem:
     def health(self) -> dict[str, Any]:
         return {
             "pollers": {p.name: {"running": p.running, "batches": p.batches, "deleted": p.deleted,
-                                          "failed": p.failed} for p in self.pollers},
+                                          "failed": p.failed, "batch_size": p.batch_size} for p in self.pollers},
             "functions": {n: {"invocations": f.invocations, "errors": f.errors} for n, f in self.functions.items()},
         }
 

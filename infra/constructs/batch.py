@@ -83,7 +83,7 @@ class Batch(Construct):
             fn = consumers[consumer]
             fn.add_event_source(sources.SqsEventSource(
                 queue,
-                batch_size=self.stage.functions.sqs_batch_size,
+                batch_size=self.stage.functions.sqs_batch_size_for(consumer),
                 # Only failed messages return to the queue; the rest of the batch is not redone.
                 report_batch_item_failures=True,
             ))

@@ -9,7 +9,7 @@ from infra.constructs.api import ROUTES
 from infra.constructs.batch import VISIBILITY_FACTOR
 from infra.constructs.functions import FUNCTIONS
 from infra.resources import RESOURCES
-from infra.settings import all_stages
+from infra.settings import FunctionsSettings, all_stages
 from functions.core.settings import ENV_PREFIX, Settings
 from template_support import as_list, ref_id
 
@@ -104,6 +104,20 @@ def test_event_sources_report_batch_item_failures_for_every_queue_and_dlq(synth,
     assert len(mappings) == 2 * len(RESOURCES.queues)
     for m in mappings.values():
         assert m["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_work_queue_feeds_the_worker_one_chunk_per_invocation(synth, stage):
+    # A chunk timing out in a batch would return its batch-mates unrun until they were dead-lettered.
+    expected = all_stages()[stage].functions.sqs_batch_size if stage != "citest" else FunctionsSettings().sqs_batch_size
+    sizes = {}
+    for m in synth.resources(stage, "AWS::Lambda::EventSourceMapping").values():
+        queue = m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
+        sizes[queue] = m["Properties"]["BatchSize"]
+    work = {q: n for q, n in sizes.items() if q.startswith("BatchWork") and "Dlq" not in q}
+    assert list(work.values()) == [1]
+    assert all(n == expected for q, n in sizes.items() if q not in work), sizes
+    assert expected > 1  # the other consumers still take batches (the stage's sqs_batch_size)
 
 
 @pytest.mark.parametrize("stage", STAGES)

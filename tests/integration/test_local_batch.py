@@ -95,6 +95,16 @@ def _pollers(local_cirrus) -> dict:
     return json.loads((local_cirrus.state_dir / "state.json").read_text()).get("pollers", {})
 
 
+def test_local_pollers_take_the_stacks_event_source_batch_sizes(local_cirrus):
+    from infra.settings import all_stages
+
+    functions = all_stages()["dev"].functions
+    work = local_cirrus.state["queues"]["Work"]["url"].rsplit("/", 1)[-1]
+    sizes = {name: p["batch_size"] for name, p in _pollers(local_cirrus).items()}
+    assert {n for name, n in sizes.items() if name.endswith(" <- " + work)} == {1}  # one chunk per worker call
+    assert {n for name, n in sizes.items() if not name.endswith(" <- " + work)} == {functions.sqs_batch_size}
+
+
 def test_a_poison_work_message_is_retried_then_dead_lettered_and_consumed_by_the_dlq_handler(local_cirrus):
     """Retries come from the queue's visibility timeout, the DLQ move from its redrive policy."""
     work = local_cirrus.state["queues"]["Work"]
