@@ -1,14 +1,17 @@
 """Powertools Logger, Tracer and Metrics: one instance of each per container, shared by all modules."""
 from __future__ import annotations
 
+import os
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.tracing.base import BaseProvider, BaseSegment
 
-SERVICE = "cirrus"
-NAMESPACE = "Cirrus"
+# Powertools' own variables name the service (the stack sets one per function, e.g. cirrus-api) and the
+# metrics namespace; without them (the local system runs every handler in one process) "cirrus"/"Cirrus".
+SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME") or "cirrus"
+NAMESPACE = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or "Cirrus"
 
 
 class _NoSegment(BaseSegment):
@@ -57,8 +60,7 @@ def _tracer() -> Tracer:
     return Tracer(service=SERVICE, patch_modules=TRACED_MODULES)
 
 
-# POWERTOOLS_* environment variables (log level, sampling, disabling tracing) still apply;
-# the service and namespace are fixed so every function reports under the same names.
+# The other POWERTOOLS_* environment variables (log level, sampling, disabling tracing) apply as usual.
 logger = Logger(service=SERVICE)
 tracer = _tracer()
 metrics = Metrics(namespace=NAMESPACE, service=SERVICE)
