@@ -107,6 +107,13 @@ class BundleUpload(Construct):
 
     The pointer deployment depends on the files deployment, so a reader never sees a pointer to a
     version whose files have not all landed (the runtime checks every sha256 as well).
+
+    The pointer is written blind (a deploy does not read the registry): it runs on the first deploy and
+    whenever a bundle's version/manifest changes, and then replaces ``current.json`` with ``history: []``,
+    making this bundle current over any version published with ``model_export publish`` meanwhile and
+    dropping the rollback history. Unchanged bundles leave the pointer alone. Files are never pruned, so
+    ``model_export rollback NAME --to VERSION`` can restore any version. docs/deploy.md says when to set
+    ``upload_bundles: false`` instead.
     """
 
     def __init__(self, scope: Construct, id: str, *, bucket: s3.IBucket, key: kms.IKey,
