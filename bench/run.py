@@ -239,7 +239,7 @@ def _batch(raw: Path, quick: bool) -> dict:
 
     # A 10k-line job in chunks of the deployed size (Settings.batch_chunk_lines), 1/2/4 workers.
     sizes = ["--lines", "2000", "--chunks", "500", "--workers", "1,2"] if quick else \
-        ["--lines", "10000", "--chunks", "1000", "--workers", "1,2,4"]
+        ["--lines", "10000", "--chunks", "100,2000", "--workers", "1,2", "--repeats", "1"]
     cmd = [sys.executable, "-m", "bench.batch_throughput", *sizes]
     say(f"batch: {' '.join(cmd[1:])}")
     out_file = Path(batch_throughput.OUT)
