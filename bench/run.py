@@ -237,7 +237,7 @@ def _batch(raw: Path, quick: bool) -> dict:
         return {"unavailable": "bench/batch_throughput.py not present in this checkout"}
     from bench import batch_throughput
 
-    # A 10k-line job in chunks of the deployed size (Settings.batch_chunk_lines), 1/2/4 workers.
+    # A 10k-line job at a small and a large chunk size, 1 and 2 workers (this machine has 2 cores).
     sizes = ["--lines", "2000", "--chunks", "500", "--workers", "1,2"] if quick else \
         ["--lines", "10000", "--chunks", "100,2000", "--workers", "1,2", "--repeats", "1"]
     cmd = [sys.executable, "-m", "bench.batch_throughput", *sizes]
