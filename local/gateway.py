@@ -437,13 +437,19 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
+class _ThreadingServer(ThreadingHTTPServer):
+    # socketserver listens with a backlog of 5; under 32 concurrent clients the kernel then resets
+    # connections (seen in the API benchmark). API Gateway accepts them all.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class GatewayServer:
     """A threaded HTTP server on ``host:port`` in front of a ``Gateway``; ``port=0`` picks a free one."""
 
     def __init__(self, gateway: Gateway, host: str = "127.0.0.1", port: int = 0) -> None:
         handler = type("GatewayHandler", (_Handler,), {"gateway": gateway})
-        self._httpd = ThreadingHTTPServer((host, port), handler)  # raises OSError if the port is taken
-        self._httpd.daemon_threads = True
+        self._httpd = _ThreadingServer((host, port), handler)  # raises OSError if the port is taken
         self._thread: threading.Thread | None = None
 
     @property
