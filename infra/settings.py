@@ -54,11 +54,13 @@ class FunctionsSettings(_Strict):
     def sqs_batch_size_for(self, consumer: str) -> int:
         """The event source batch size of a queue consumer (function id), in AWS and in local/.
 
-        One chunk per worker invocation: in a batch, a chunk that runs into the function timeout
-        fails the whole invocation, so its batch-mates come back unrun, each delivery counting
-        towards maxReceiveCount, until they are dead-lettered and their lines become chunk_failed.
+        One message per splitter and worker invocation: in a batch, a message that runs into the
+        function timeout fails the whole invocation, so its batch-mates come back unrun, each
+        delivery counting towards maxReceiveCount, until they are dead-lettered — a chunk's lines
+        become chunk_failed, a file's job fails unsplit. Only the dead-letter backstop, which is
+        quick per message, takes the stage's batch size.
         """
-        return 1 if consumer == "batch_worker" else self.sqs_batch_size
+        return 1 if consumer in ("batch_worker", "batch_splitter") else self.sqs_batch_size
 
 
 class ApiSettings(_Strict):

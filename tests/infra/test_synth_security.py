@@ -107,17 +107,19 @@ def test_event_sources_report_batch_item_failures_for_every_queue_and_dlq(synth,
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_the_work_queue_feeds_the_worker_one_chunk_per_invocation(synth, stage):
-    # A chunk timing out in a batch would return its batch-mates unrun until they were dead-lettered.
+def test_the_splitter_and_worker_take_one_message_per_invocation(synth, stage):
+    # A message timing out in a batch would return its batch-mates unrun until they were dead-lettered.
     expected = all_stages()[stage].functions.sqs_batch_size if stage != "citest" else FunctionsSettings().sqs_batch_size
     sizes = {}
     for m in synth.resources(stage, "AWS::Lambda::EventSourceMapping").values():
         queue = m["Properties"]["EventSourceArn"]["Fn::GetAtt"][0]
         sizes[queue] = m["Properties"]["BatchSize"]
-    work = {q: n for q, n in sizes.items() if q.startswith("BatchWork") and "Dlq" not in q}
-    assert list(work.values()) == [1]
-    assert all(n == expected for q, n in sizes.items() if q not in work), sizes
-    assert expected > 1  # the other consumers still take batches (the stage's sqs_batch_size)
+    one_each = {q: n for q, n in sizes.items()
+                if q.startswith(("BatchWork", "BatchJobEvents")) and "Dlq" not in q}
+    assert sorted(one_each.values()) == [1, 1], sizes
+    dlq_consumers = {q: n for q, n in sizes.items() if q not in one_each}
+    assert dlq_consumers and all(n == expected for n in dlq_consumers.values()), sizes
+    assert expected > 1  # the dead-letter backstop still takes batches (the stage's sqs_batch_size)
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -99,10 +99,13 @@ def test_local_pollers_take_the_stacks_event_source_batch_sizes(local_cirrus):
     from infra.settings import all_stages
 
     functions = all_stages()["dev"].functions
-    work = local_cirrus.state["queues"]["Work"]["url"].rsplit("/", 1)[-1]
+    queues = {spec: q["url"].rsplit("/", 1)[-1] for spec, q in local_cirrus.state["queues"].items()}
     sizes = {name: p["batch_size"] for name, p in _pollers(local_cirrus).items()}
-    assert {n for name, n in sizes.items() if name.endswith(" <- " + work)} == {1}  # one chunk per worker call
-    assert {n for name, n in sizes.items() if not name.endswith(" <- " + work)} == {functions.sqs_batch_size}
+    one_each = {name: n for name, n in sizes.items()
+                if name.endswith((" <- " + queues["Work"], " <- " + queues["JobEvents"]))}
+    assert sorted(one_each.values()) == [1, 1], sizes  # one file per splitter call, one chunk per worker call
+    others = {n for name, n in sizes.items() if name not in one_each}
+    assert others == {functions.sqs_batch_size}, sizes
 
 
 def test_a_poison_work_message_is_retried_then_dead_lettered_and_consumed_by_the_dlq_handler(local_cirrus):
