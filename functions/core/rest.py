@@ -66,6 +66,16 @@ def validation_error(exc: ValidationError) -> ValidationFailed:
     return ValidationFailed(f"{param}: {msg}" if param else msg, param=param)
 
 
+def caller_key_id(resolver: Any) -> str | None:
+    """The API key id the TOKEN authorizer let in (its principalId), or None without an authorizer.
+
+    None means a direct/admin invocation of the function (nothing in front of it): owner-scoped routes
+    show such a caller everything.
+    """
+    authorizer = resolver.current_event.request_context.authorizer
+    return (authorizer.principal_id or None) if authorizer else None
+
+
 def json_response(result: Result, status: int = 200) -> Response:
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
                     body=result.body, headers=result.headers)

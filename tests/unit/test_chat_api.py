@@ -5,6 +5,7 @@ against the local SageMaker stand-in (loopback HTTP), async job state in moto's 
 """
 from __future__ import annotations
 
+import copy
 import time
 
 import boto3
@@ -30,12 +31,19 @@ def gen_api(env, tiny_bundle):
     reset_breakers()
 
 
-def chat(body, headers=None, path="/v1/chat/completions"):
+def as_key(event, key_id):
+    """The event as the TOKEN authorizer passes it on for API key ``key_id``."""
+    event = copy.deepcopy(event)
+    event["requestContext"]["authorizer"].update(principalId=key_id, key_id=key_id)
+    return event
+
+
+def chat(body, headers=None, path="/v1/chat/completions", key_id=None):
     event = api_event("POST", path, body)
     for k, v in (headers or {}).items():
         event["headers"][k] = v
         event.setdefault("multiValueHeaders", {})[k] = [v]
-    return call_api(event)
+    return call_api(as_key(event, key_id) if key_id else event)
 
 
 def test_chat_completion_on_the_light_path_matches_the_generator(gen_api, tiny_generator):
@@ -169,11 +177,12 @@ def test_heavy_faults_surface_as_503_with_retry_after_then_fast_refusals(gen_api
     assert standin.calls == calls  # the breaker answered; the endpoint was not called
 
 
-def finished_job(status_url: str, timeout_s: float = 20) -> tuple[int, dict]:
+def finished_job(status_url: str, timeout_s: float = 20, key_id: str | None = None) -> tuple[int, dict]:
     """Poll the job status route until the job leaves in_progress (or the time is up)."""
     deadline = time.time() + timeout_s
     while True:
-        status, view, _ = call_api(api_event("GET", status_url))
+        event = api_event("GET", status_url)
+        status, view, _ = call_api(as_key(event, key_id) if key_id else event)
         if view["status"] != "in_progress" or time.time() > deadline:
             return status, view
         time.sleep(0.1)
@@ -208,6 +217,26 @@ def test_async_failure_lands_under_the_failure_prefix_and_the_job_reads_failed(g
     failures = [k for k in keys if k.startswith(RESOURCES.jobs_generation_failure_prefix)]
     assert len(failures) == 1 and failures[0].endswith("-error.out"), keys
     assert not [k for k in keys if k.startswith(RESOURCES.jobs_generation_output_prefix)], keys
+
+
+def test_a_generation_job_is_visible_only_to_the_key_that_created_it(gen_api, standin):
+    gen_api(heavy_models=[TINY], heavy_endpoint_name="cirrus-heavy", heavy_async_endpoint_name="cirrus-heavy",
+            data_bucket="cirrus-data")
+    key_a, key_b = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
+    status, job, _ = chat({"model": TINY, "messages": USER, "max_tokens": 8, "temperature": 0},
+                          headers={"Prefer": "respond-async"}, key_id=key_a)
+    assert status == 202, job
+    status, view = finished_job(job["status_url"], key_id=key_a)
+    assert status == 200 and view["status"] == "succeeded" and view["id"] == job["id"], view
+    # Key B gets exactly what an unknown id gets, so job ids cannot be probed.
+    status, resp, _ = call_api(as_key(api_event("GET", job["status_url"]), key_b))
+    assert_error(status, resp, 404, "job_not_found")
+    assert job["id"] in resp["error"]["message"] and "result" not in resp
+    # No authorizer in front (direct/admin invocation of the function): every job is visible.
+    event = api_event("GET", job["status_url"])
+    event["requestContext"].pop("authorizer")
+    status, view, _ = call_api(event)
+    assert status == 200 and view["status"] == "succeeded", view
 
 
 def test_over_the_sync_budget_becomes_a_job(gen_api, standin):

@@ -24,7 +24,7 @@ from functions.core.batch.schema import Status, Task
 from functions.core.errors import ModelNotFound, NotFound, PayloadTooLarge, ValidationFailed
 from functions.core.model_store import store as model_store
 from functions.core.observability import logger
-from functions.core.rest import parse
+from functions.core.rest import caller_key_id, parse
 from functions.core.settings import get_settings
 
 router = APIGatewayRouter()
@@ -48,11 +48,6 @@ class CreateJob(BaseModel):
             if isinstance(item, dict) and "defaults" in item:
                 raise ValueError(f"inputs[{i}] has 'defaults': give defaults as the body's model and task")
         return inputs
-
-
-def _owner() -> str | None:
-    authorizer = router.current_event.request_context.authorizer
-    return (authorizer.principal_id or None) if authorizer else None
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -97,7 +92,7 @@ def create_job() -> Response:
     job_id = jobs.new_job_id()
     key = jobs.input_key(job_id)
     record = store.new_job(job_id, status=Status.AWAITING_UPLOAD.value, input_bucket=bucket, input_key=key,
-                           model=req.model, task=req.task, owner=_owner(),
+                           model=req.model, task=req.task, owner=caller_key_id(router),
                            defaults={k: v for k, v in (("model", req.model), ("task", req.task)) if v}, chunks_done=0, chunks_failed=0,
                            lines_ok=0, lines_failed=0)
     try:
@@ -124,7 +119,8 @@ def _get_visible(job_id: str) -> dict[str, Any]:
         job = jobs.job_store().get(job_id)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, "reading the job") from exc
-    owner = _owner()  # None: no authorizer in front (direct/admin invocation) - everything is visible
+    # None: no authorizer in front (direct/admin invocation) - everything is visible.
+    owner = caller_key_id(router)
     visible = (None, owner) if get_settings().batch_unowned_jobs_visible else (owner,)
     if job is None or (owner is not None and job.get("owner") not in visible):
         raise NotFound(f"No job '{job_id}'", param="job_id", code="job_not_found")
@@ -143,7 +139,7 @@ def list_jobs() -> Response:
     if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 100:
         raise ValidationFailed("limit must be an integer from 1 to 100", param="limit")
     try:
-        found = jobs.job_store().recent(limit=int(raw), owner=_owner(),
+        found = jobs.job_store().recent(limit=int(raw), owner=caller_key_id(router),
                                         with_unowned=get_settings().batch_unowned_jobs_visible)
     except (ClientError, BotoCoreError) as exc:
         raise translate(exc, "listing jobs") from exc

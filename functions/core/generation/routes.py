@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from functions.core.generation import service
 from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
-from functions.core.rest import json_response, parse
+from functions.core.rest import caller_key_id, json_response, parse
 from functions.core.settings import get_settings
 
 router = Router()
@@ -21,15 +21,15 @@ def _wants_async() -> bool:
 @router.post("/v1/chat/completions")
 def chat_completions() -> Response:
     return json_response(*service.generate(parse(ChatCompletionRequest, router), get_settings(),
-                                      want_async=_wants_async()))
+                                      want_async=_wants_async(), owner=caller_key_id(router)))
 
 
 @router.post("/v1/completions")
 def completions() -> Response:
     return json_response(*service.generate(parse(CompletionRequest, router), get_settings(),
-                                      want_async=_wants_async()))
+                                      want_async=_wants_async(), owner=caller_key_id(router)))
 
 
 @router.get("/v1/generation/jobs/<job_id>")
 def generation_job(job_id: str) -> Response:
-    return json_response(service.job_status(job_id, get_settings()))
+    return json_response(service.job_status(job_id, get_settings(), caller=caller_key_id(router)))

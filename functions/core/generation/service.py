@@ -34,8 +34,12 @@ def _is_chat(req: Request) -> bool:
     return isinstance(req, ChatCompletionRequest)
 
 
-def generate(req: Request, settings: Settings, *, want_async: bool = False) -> tuple[Result, int]:
-    """Run one chat/completions request; returns the result and its HTTP status (200, or 202 async)."""
+def generate(req: Request, settings: Settings, *, want_async: bool = False,
+             owner: str | None = None) -> tuple[Result, int]:
+    """Run one chat/completions request; returns the result and its HTTP status (200, or 202 async).
+
+    ``owner`` is the caller's API key id, recorded on an async job so only that key can read it.
+    """
     budget = req.budget(settings.generation_default_max_tokens)
     decision = decide(req.model, budget, settings, want_async=want_async)
     logger.info("generation routed", extra={"model": req.model, "route": decision.route,
@@ -46,7 +50,7 @@ def generate(req: Request, settings: Settings, *, want_async: bool = False) -> t
     elif decision.route == "heavy":
         result, status = _heavy(req, settings), 200
     else:
-        result, status = _submit_async(req, settings), 202
+        result, status = _submit_async(req, settings, owner), 202
     result.headers[ROUTE_HEADER] = decision.header()
     _record(req.model, decision, result.body.get("usage") or {}, time.perf_counter() - started)
     return result, status
@@ -109,7 +113,7 @@ def _put_json(bucket: str, key: str, obj: dict) -> None:
         raise translate(exc, "storing the generation job") from exc
 
 
-def _submit_async(req: Request, settings: Settings) -> Result:
+def _submit_async(req: Request, settings: Settings, owner: str | None) -> Result:
     bucket = _bucket(settings)
     job_id = f"genjob-{uuid.uuid4().hex}"
     request_key = f"{JOBS_PREFIX}{job_id}/request.json"
@@ -118,7 +122,7 @@ def _submit_async(req: Request, settings: Settings) -> Result:
     where = HeavyClient(settings).invoke_async(endpoint, f"s3://{bucket}/{request_key}", job_id)
     created = int(time.time())
     record = {"id": job_id, "model": req.model, "chat": _is_chat(req), "created": created,
-              "endpoint": endpoint, **where}
+              "endpoint": endpoint, "owner": owner, **where}
     _put_json(bucket, f"{JOBS_PREFIX}{job_id}/job.json", record)
     logger.info("generation job submitted", extra={"job_id": job_id, "model": req.model, "endpoint": endpoint})
     return Result(_job_view(record, "in_progress"), {"Location": status_path(job_id)})
@@ -152,14 +156,20 @@ def _read(uri: str | None) -> bytes | None:
         raise translate(exc, "reading the generation job") from exc
 
 
-def job_status(job_id: str, settings: Settings) -> Result:
-    """``in_progress``, ``succeeded`` (with ``result``: the completion) or ``failed`` (with ``error``)."""
+def job_status(job_id: str, settings: Settings, *, caller: str | None = None) -> Result:
+    """``in_progress``, ``succeeded`` (with ``result``: the completion) or ``failed`` (with ``error``).
+
+    ``caller`` is the API key id asking: another key's job is the same 404 as a missing one (so ids
+    cannot be probed); None (no authorizer: direct/admin invocation) sees every job, as batch jobs do.
+    """
     if not JOB_ID.match(job_id):
         raise NotFound(f"no generation job {job_id[:80]!r}", code="job_not_found")
     raw = _read(f"s3://{_bucket(settings)}/{JOBS_PREFIX}{job_id}/job.json")
     if raw is None:
         raise NotFound(f"no generation job {job_id!r}", code="job_not_found")
     record = json.loads(raw)
+    if caller is not None and record.get("owner") != caller:
+        raise NotFound(f"no generation job {job_id!r}", code="job_not_found")
     output = _read(record.get("output_location"))
     if output is not None:
         try:
