@@ -71,14 +71,26 @@ def test_jobs_api_with_inline_inputs_runs_a_classification_job(local_cirrus):
     assert job["id"] in {j["id"] for j in listed.json()["data"]}
 
 
-def test_jobs_api_presigned_upload_starts_the_job(local_cirrus):
+def test_jobs_api_presigned_url_takes_a_plain_http_put_and_the_upload_runs_as_a_job(local_cirrus):
     r = local_cirrus.post("/v1/jobs", {"model": "all-minilm-l6-v2"})
     assert r.status_code == 201, r.text
-    upload = r.json()["upload"]
-    put = requests.put(upload["url"], data=b'{"input": "hello"}\n{"input": "world"}\n', timeout=30)
+    created = r.json()
+    upload = created["upload"]
+    # The contract (docs/batch.md) names no headers to send: the bucket's default SSE-KMS encrypts the
+    # object, so the URL is signed without x-amz-server-side-encryption and a bare PUT must satisfy it.
+    assert set(upload) == {"method", "url", "expires_in"} and upload["method"] == "PUT", upload
+    body = b'{"id": "a", "input": "hello"}\n{"id": "b", "inptu": "typo"}\n{"id": "c", "input": "world"}\n'
+    put = requests.request(upload["method"], upload["url"], data=body, timeout=30)
     assert put.status_code == 200, put.text[:300]
-    job = _wait_job(local_cirrus, r.json()["id"])
-    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 2
+    job = _wait_job(local_cirrus, created["id"])
+    assert job["status"] == "succeeded_with_errors", job
+    assert job["counts"] == {"total": 3, "succeeded": 2, "failed": 1}
+    assert [(x["line"], x["id"]) for x in _jsonl(job["output"]["results_url"])] == [(1, "a"), (3, "c")]
+    errors = _jsonl(job["output"]["errors_url"])
+    assert [(e["line"], e["id"], e["error"]["code"]) for e in errors] == [(2, "b", "unknown_field")]
+    head = local_cirrus.aws("s3").head_object(Bucket=local_cirrus.state["buckets"]["Data"],
+                                              Key=job["input"]["key"])
+    assert head["ServerSideEncryption"] == "aws:kms" and head["ContentLength"] == len(body), head
 
 
 def test_submit_cli_uploads_a_file_and_waits_for_the_job(local_cirrus, tmp_path):
