@@ -119,12 +119,14 @@ class BundleUpload(Construct):
     def __init__(self, scope: Construct, id: str, *, bucket: s3.IBucket, key: kms.IKey,
                  bundles: list[Bundle], log_group: logs.ILogGroup) -> None:
         super().__init__(scope, id)
-        for b in bundles:
-            files = s3deploy.BucketDeployment(
-                self, f"{b.name}-files",
-                sources=[s3deploy.Source.asset(str(b.path))],
+
+        def deploy(deploy_id: str, source: s3deploy.ISource, prefix: str) -> s3deploy.BucketDeployment:
+            # Identical settings for every deployment, so they share CDK's one handler function.
+            return s3deploy.BucketDeployment(
+                self, deploy_id,
+                sources=[source],
                 destination_bucket=bucket,
-                destination_key_prefix=f"{RESOURCES.models_prefix}{b.name}/{b.version}/",
+                destination_key_prefix=prefix,
                 prune=False,
                 retain_on_delete=True,
                 server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
@@ -132,20 +134,15 @@ class BundleUpload(Construct):
                 memory_limit=1024,
                 log_group=log_group,   # KMS-encrypted, stage retention (else CDK makes a plain one)
             )
+
+        for b in bundles:
+            files = deploy(f"{b.name}-files", s3deploy.Source.asset(str(b.path)),
+                           f"{RESOURCES.models_prefix}{b.name}/{b.version}/")
             pointer = {"name": b.name, "version": b.version, "manifest_sha256": b.manifest_sha256,
                        "updated_at": b.created_at, "history": []}
-            current = s3deploy.BucketDeployment(
-                self, f"{b.name}-pointer",
-                sources=[s3deploy.Source.data("current.json", json.dumps(pointer, sort_keys=True))],
-                destination_bucket=bucket,
-                destination_key_prefix=f"{RESOURCES.models_prefix}{b.name}/",
-                prune=False,
-                retain_on_delete=True,
-                server_side_encryption=s3deploy.ServerSideEncryption.AWS_KMS,
-                server_side_encryption_aws_kms_key_id=key.key_id,
-                memory_limit=1024,   # same as the files deployment: one shared handler function
-                log_group=log_group,
-            )
+            current = deploy(f"{b.name}-pointer",
+                             s3deploy.Source.data("current.json", json.dumps(pointer, sort_keys=True)),
+                             f"{RESOURCES.models_prefix}{b.name}/")
             current.node.add_dependency(files)
         self._acknowledge_deploy_handler(bucket)
 
