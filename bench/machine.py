@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import os
 import platform
-from importlib import metadata
 from pathlib import Path
+
+from model_export.pipeline import tool_versions
 
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16",
                      "amx_int8", "amx_bf16")
@@ -34,12 +35,7 @@ def describe() -> dict:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 mem_kb = int(line.split()[1])
-    versions = {}
-    for pkg in PACKAGES:
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
+    versions = tool_versions(PACKAGES)
     return {
         "cpu_model": cpu.get("model", platform.processor()),
         "cores": cpu.get("cores"),

@@ -79,9 +79,10 @@ def content_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
-def tool_versions() -> dict[str, str]:
+def tool_versions(packages: tuple[str, ...] = TOOL_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``packages`` (those not installed are left out)."""
     out = {}
-    for pkg in TOOL_PACKAGES:
+    for pkg in packages:
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
