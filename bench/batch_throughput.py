@@ -35,9 +35,10 @@ def run(lines: int, chunk_lines: int, workers: int, bundles: Path, store) -> dic
     import boto3
     from moto import mock_aws
 
-    from functions.core import model_store
-    from functions.core.adapters.base import reset_clients
-    from functions.core.batch import jobs
+    from functions.core.inference import model_store
+    from functions.core.aws.base import reset_clients
+    from functions.core.batch import job_store as jobs
+    from functions.core.batch.job import job_id_for
     from functions.core.settings import get_settings
     from functions.handlers import batch_splitter, batch_worker
     from local.aws import provision
@@ -88,7 +89,7 @@ def run(lines: int, chunk_lines: int, workers: int, bundles: Path, store) -> dic
             pass
         split_s = time.perf_counter() - started
         etag = s3.head_object(Bucket=made.buckets["Data"], Key="jobs/input/bench.jsonl")["ETag"]
-        job_id = jobs.job_id_for(made.buckets["Data"], "jobs/input/bench.jsonl", etag)
+        job_id = job_id_for(made.buckets["Data"], "jobs/input/bench.jsonl", etag)
         done = threading.Event()
 
         def worker_loop() -> None:
@@ -99,15 +100,15 @@ def run(lines: int, chunk_lines: int, workers: int, bundles: Path, store) -> dic
         threads = [threading.Thread(target=worker_loop, daemon=True) for _ in range(workers)]
         for t in threads:
             t.start()
-        while (job := jobs.job_store().get(job_id))["status"] not in ("succeeded", "succeeded_with_errors", "failed"):
+        while not (job := jobs.job_store().get(job_id)).final:
             time.sleep(0.05)
         total_s = time.perf_counter() - started
         done.set()
         for t in threads:
             t.join()
     reset_clients()
-    return {"lines": lines, "chunk_lines": chunk_lines, "workers": workers, "chunks": job["chunks_total"],
-            "status": job["status"], "split_s": round(split_s, 3), "total_s": round(total_s, 3),
+    return {"lines": lines, "chunk_lines": chunk_lines, "workers": workers, "chunks": job.chunks_total,
+            "status": job.status.value, "split_s": round(split_s, 3), "total_s": round(total_s, 3),
             "lines_per_s": round(lines / total_s, 1), "retried_deliveries": len(retried)}
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     import warnings
 
     warnings.filterwarnings("ignore")
-    from functions.core.model_store import ModelStore
+    from functions.core.inference.model_store import ModelStore
     from functions.core.settings import Settings
 
     store = ModelStore(Settings(model_dir=str(args.bundles)))

@@ -23,7 +23,7 @@ SCRIPTS = {
     "onnx-int8": r"""
 import time; t0 = time.perf_counter()
 import json, sys
-from functions.core.model_store import get_model
+from functions.core.inference.model_store import get_model
 t1 = time.perf_counter()
 model = get_model("all-minilm-l6-v2")
 t2 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 Every engine maps texts -> L2-normalised mean-pooled embeddings, tokenization included, because
 that is what a caller waits for. Both ONNX engines run through the Lambda's own runtime
-(``functions.core.runtime.OnnxModel``; the int8 one through ``model_store.get_model`` exactly as
+(``functions.core.inference.encoder.OnnxModel``; the int8 one through ``model_store.get_model`` exactly as
 the API and batch workers load it), so they differ only in the graph file.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from functions.core.manifest import Manifest
+from functions.core.inference.manifest import Manifest
 
 MODEL_NAME = "all-minilm-l6-v2"
 ENGINES = ("pytorch-fp32", "onnx-fp32", "onnx-int8")
@@ -87,7 +87,7 @@ def _key(shipped) -> str:
 
 def _valid(target: Path) -> bool:
     from functions.core.errors import BundleError
-    from functions.core.manifest import verify_bundle
+    from functions.core.inference.manifest import verify_bundle
 
     try:
         verify_bundle(target)
@@ -98,7 +98,7 @@ def _valid(target: Path) -> bool:
 
 def _write_bundle(target: Path, onnx_file: Path, bundles_dir: Path, shipped, tag: str, quantization) -> None:
     """A verified bundle at ``target``: ``onnx_file`` + the shipped tokenizer/config, written atomically."""
-    from functions.core.manifest import file_entry
+    from functions.core.inference.manifest import file_entry
 
     staging = target.parent / f".staging-{tag}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
@@ -122,12 +122,12 @@ def load(engine: str, *, threads: int, bundles_dir: Path, dirs: dict[str, Path])
         # The Lambda's loader: settings from the environment, bundle verified (sha256) then loaded.
         os.environ["CIRRUS_MODEL_DIR"] = str(bundles_dir)
         os.environ["CIRRUS_INTRA_OP_THREADS"] = str(threads)
-        from functions.core.model_store import get_model
+        from functions.core.inference.model_store import get_model
 
         model = get_model(MODEL_NAME)
     elif engine in dirs:  # the other ONNX files, through the same runtime class
-        from functions.core.manifest import verify_bundle
-        from functions.core.runtime import OnnxModel
+        from functions.core.inference.manifest import verify_bundle
+        from functions.core.inference.encoder import OnnxModel
         from functions.core.settings import Settings
 
         model = OnnxModel(dirs[engine], verify_bundle(dirs[engine]), intra_op_threads=threads,

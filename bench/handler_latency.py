@@ -87,7 +87,7 @@ def main() -> None:
     # --- warm, in this process ------------------------------------------------------------------
     import numpy as np
 
-    from functions.core.model_store import get_model
+    from functions.core.inference.model_store import get_model
     from functions.handlers.api import handler
 
     event = json.loads(EVENT.read_text())

@@ -1,6 +1,6 @@
 """Where the time goes: onnxruntime's per-operator profile of each ONNX file, and the tokenizer's share.
 
-Sessions are built with the runtime's own options (``functions.core.runtime.session_options``)
+Sessions are built with the runtime's own options (``functions.core.inference.encoder.session_options``)
 plus profiling; node times are summed per operator type over a few runs of
 the same batch the latency table uses.
 """
@@ -19,7 +19,7 @@ import numpy as np
 def op_profile(onnx_path: Path, feeds: dict[str, np.ndarray], *, threads: int, runs: int) -> dict:
     import onnxruntime as ort
 
-    from functions.core.runtime import session_options
+    from functions.core.inference.encoder import session_options
 
     opts = session_options(threads)
     with tempfile.TemporaryDirectory(prefix="cirrus-prof-") as tmp:

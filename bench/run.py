@@ -200,8 +200,8 @@ def _memory(names: list[str], threads: int, bundles: Path, dirs: dict[str, Path]
 
 
 def _profile(shipped_dir: Path, dirs: dict[str, Path], texts: dict, plan: Plan, latency: dict) -> dict:
-    from functions.core.manifest import verify_bundle
-    from functions.core.runtime import OnnxModel
+    from functions.core.inference.manifest import verify_bundle
+    from functions.core.inference.encoder import OnnxModel
 
     model = OnnxModel(shipped_dir, verify_bundle(shipped_dir), intra_op_threads=1)
     feeds = profile.feeds_for(model, texts["medium"])

@@ -4,8 +4,9 @@ Dependencies from requirements-lambda.txt are installed with pip for the Lambda 
 (``--platform manylinux_* --only-binary=:all: --python-version``), trimmed of what inference does
 not need, then the ``functions`` package is copied beside them. Two assets:
 
-- ``inference`` (api, batch functions): onnxruntime + tokenizers + numpy + Powertools + pydantic
-- ``light`` (authorizer): Powertools + pydantic only — a small zip, fast cold start
+- ``inference`` (api, batch worker): onnxruntime + tokenizers + numpy + Powertools + pydantic
+- ``light`` (authorizer, batch splitter, batch dead-letter handler): Powertools + pydantic only — a
+  small zip, fast cold start
 
 Output: ``build/lambda/<arch>/<asset>/`` (what ``Code.from_asset`` takes) and
 ``build/lambda/<arch>/<asset>.json`` (the build stamp: inputs hash, python version, size).
@@ -34,11 +35,7 @@ LAMBDA_LIMIT_BYTES = 250 * 1024 * 1024   # unzipped code + layers
 BUILDER_VERSION = "1"                    # bump when the trim rules change
 PLACEHOLDER_MARKER = "CIRRUS_PLACEHOLDER_ASSET"
 
-ASSETS = ("inference", "light")
-# Which asset each function ships in (handler -> asset). The construct reads this table.
-# The batch functions import the model store (onnxruntime, numpy) to validate/serve models.
-FUNCTION_ASSETS = {"api": "inference", "batch_splitter": "inference", "batch_worker": "inference",
-                   "batch_dlq": "inference", "authorizer": "light"}
+ASSETS = ("inference", "light")  # which one each function ships in: FunctionSpec.asset (infra/function_specs.py)
 
 # Paths (relative to the install target) that inference never imports. Removing them keeps the
 # zip well under the limit and the cold start short.

@@ -51,23 +51,7 @@ class Resources:
     buckets: tuple[BucketSpec, ...]
     tables: tuple[TableSpec, ...]
     queues: tuple[QueueSpec, ...]
-    # S3 prefixes shared by the exporter, the runtime, the batch pipeline and the stack
-    models_prefix: str = "models/"
-    jobs_input_prefix: str = "jobs/input/"
-    jobs_output_prefix: str = "jobs/output/"
-    jobs_work_prefix: str = "jobs/work/"
-    jobs_generation_prefix: str = "jobs/generation/"  # async generation jobs (functions.core.generation)
-    extra: dict = field(default_factory=dict)
-
-    # Where SageMaker async inference writes (the endpoint's S3OutputPath / S3FailurePath): results
-    # as <inference id>.out, failures as <inference id>-error.out; the API reads the locations it returns.
-    @property
-    def jobs_generation_output_prefix(self) -> str:
-        return f"{self.jobs_generation_prefix}out/"
-
-    @property
-    def jobs_generation_failure_prefix(self) -> str:
-        return f"{self.jobs_generation_prefix}failed/"
+    # S3 prefixes are in functions/core/contract.py (the functions ship without infra/).
 
 
 RESOURCES = Resources(
@@ -80,9 +64,6 @@ RESOURCES = Resources(
         TableSpec(id="Jobs", env="jobs_table", partition=Key("pk"), sort=Key("sk"),
                   ttl_attribute="expires_at",
                   indexes=(Index("by_created", Key("kind"), Key("created_at")),)),
-        # Powertools idempotency layout: partition "id", TTL "expiration".
-        TableSpec(id="Idempotency", env="idempotency_table", partition=Key("id"),
-                  ttl_attribute="expiration"),
     ),
     queues=(
         # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter

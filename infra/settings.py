@@ -10,7 +10,9 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from infra.function_specs import FUNCTIONS, FUNCTIONS_BY_ID
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
@@ -41,26 +43,24 @@ class LambdaSettings(_Strict):
     reserved_concurrency: int | None = Field(None, ge=1)
 
 
-class FunctionsSettings(_Strict):
-    api: LambdaSettings = LambdaSettings(memory_mb=2048, timeout_s=29)
-    authorizer: LambdaSettings = LambdaSettings(memory_mb=256, timeout_s=10)
-    batch_splitter: LambdaSettings = LambdaSettings(memory_mb=512, timeout_s=120)
-    batch_worker: LambdaSettings = LambdaSettings(memory_mb=3008, timeout_s=300)
-    batch_dlq: LambdaSettings = LambdaSettings(memory_mb=1024, timeout_s=120)
-    # SQS event source batch size for the splitter and the DLQ consumer (1-10 for standard queues w/o
-    # a window). The batch worker always takes 1: see sqs_batch_size_for.
+class _FunctionsBase(_Strict):
+    # SQS event source batch size for queue consumers without their own (1-10 for standard queues
+    # w/o a window): see FunctionSpec.sqs_batch_size.
     sqs_batch_size: int = Field(5, ge=1, le=10)
 
     def sqs_batch_size_for(self, consumer: str) -> int:
-        """The event source batch size of a queue consumer (function id), in AWS and in local/.
+        """The event source batch size of a queue consumer (function id), in AWS and in local/."""
+        own = FUNCTIONS_BY_ID[consumer].sqs_batch_size
+        return own if own is not None else self.sqs_batch_size
 
-        One message per splitter and worker invocation: in a batch, a message that runs into the
-        function timeout fails the whole invocation, so its batch-mates come back unrun, each
-        delivery counting towards maxReceiveCount, until they are dead-lettered — a chunk's lines
-        become chunk_failed, a file's job fails unsplit. Only the dead-letter backstop, which is
-        quick per message, takes the stage's batch size.
-        """
-        return 1 if consumer in ("batch_worker", "batch_splitter") else self.sqs_batch_size
+    def of(self, function_id: str) -> LambdaSettings:
+        return getattr(self, function_id)
+
+
+# One field per FunctionSpec (cdk.json ``functions.<id>``), its defaults from the spec.
+FunctionsSettings = create_model(
+    "FunctionsSettings", __base__=_FunctionsBase,
+    **{f.id: (LambdaSettings, LambdaSettings(memory_mb=f.memory_mb, timeout_s=f.timeout_s)) for f in FUNCTIONS})
 
 
 class ApiSettings(_Strict):
@@ -196,10 +196,6 @@ class StageSettings(_Strict):
         if self.heavy.enabled and self.heavy.served_model in self.models:
             raise ValueError(f"heavy.served_model {self.heavy.served_model!r} clashes with a Lambda-served model")
         return self
-
-    @property
-    def destroy_on_delete(self) -> bool:
-        return self.removal_policy == "destroy"
 
     @property
     def stack_name(self) -> str:

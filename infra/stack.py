@@ -1,4 +1,4 @@
-"""The Cirrus stack: composes the constructs and grants each function exactly what it uses."""
+"""The Cirrus stack: composes the constructs, gives each function its spec's environment, grants what it uses."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,22 +19,10 @@ from infra.constructs.heavy_async import HeavyAsyncEndpoint
 from infra.constructs.heavy_endpoint import HeavyEndpoint
 from infra.constructs.monitoring import Monitoring
 from infra.constructs.tables import Tables
+from infra.function_specs import FUNCTIONS
 from infra.resources import RESOURCES
 from infra.settings import StageSettings
-
-# Which Settings fields (functions/core/settings.py) each function receives. Names only.
-FUNCTION_ENV = {
-    "api": ("stage", "artifacts_bucket", "models", "default_embedding_model", "generation_models", "jobs_table",
-            "data_bucket", "heavy_endpoint_name", "heavy_models", "heavy_inference_component", "heavy_async_endpoint_name"),
-    "authorizer": ("stage", "api_keys_table"),
-    "batch_splitter": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
-                       "jobs_table", "idempotency_table", "work_queue_url", "max_receive_count"),
-    "batch_worker": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
-                     "jobs_table", "idempotency_table", "max_receive_count"),
-    "batch_dlq": ("stage", "artifacts_bucket", "models", "default_embedding_model", "data_bucket",
-                  "jobs_table", "idempotency_table", "max_receive_count"),
-}
-
+from functions.core.contract import JOBS_GENERATION_PREFIX, JOBS_INPUT_PREFIX, JOBS_OUTPUT_PREFIX, JOBS_WORK_PREFIX, MODELS_PREFIX
 
 class CirrusStack(Stack):
     def __init__(self, scope: Construct, id: str, *, stage: StageSettings, assets: dict[str, Path],
@@ -73,13 +61,13 @@ class CirrusStack(Stack):
                        "heavy_inference_component": heavy.inference_component_name}
         if heavy_async is not None:
             values["heavy_async_endpoint_name"] = heavy_async.endpoint_name
-        env = {fn: runtime_env(**{f: values.get(f) for f in fields}) for fn, fields in FUNCTION_ENV.items()}
+        env = {fn.id: runtime_env(**{f: values.get(f) for f in fn.env}) for fn in FUNCTIONS}
         fns = Functions(self, "Functions", stage=stage, assets=assets, key=key, env=env)
 
         # --- grants: each function gets the prefixes and tables it touches, nothing more ---
         artifacts, data = storage.artifacts, storage.data
-        models = RESOURCES.models_prefix
-        jobs_in, jobs_work, jobs_out = RESOURCES.jobs_input_prefix, RESOURCES.jobs_work_prefix, RESOURCES.jobs_output_prefix
+        models = MODELS_PREFIX
+        jobs_in, jobs_work, jobs_out = JOBS_INPUT_PREFIX, JOBS_WORK_PREFIX, JOBS_OUTPUT_PREFIX
         api, authorizer, splitter, worker, dlq = (fns[n] for n in ("api", "authorizer", "batch_splitter",
                                                                    "batch_worker", "batch_dlq"))
         self._grant_s3(api, artifacts, models, "read")
@@ -92,8 +80,8 @@ class CirrusStack(Stack):
             # Generation jobs: request.json + job.json written, results read (List makes a missing
             # result a 404, i.e. "in progress", instead of AccessDenied).
             heavy_async.grant_invoke_async(api)
-            self._grant_s3(api, data, RESOURCES.jobs_generation_prefix, "put")
-            self._grant_s3(api, data, RESOURCES.jobs_generation_prefix, "read")
+            self._grant_s3(api, data, JOBS_GENERATION_PREFIX, "put")
+            self._grant_s3(api, data, JOBS_GENERATION_PREFIX, "read")
         self._grant_table(authorizer, tables["ApiKeys"], "read")
         self._grant_s3(splitter, artifacts, models, "read")  # unknown models end the job with a clear error
         batch.queues["Work"].grant_send_messages(splitter)
@@ -104,7 +92,6 @@ class CirrusStack(Stack):
             self._grant_s3(fn, data, jobs_work, "read_write")
             self._grant_s3(fn, data, jobs_out, "read_write")
             self._grant_table(fn, tables["Jobs"], "read_write")
-            self._grant_table(fn, tables["Idempotency"], "read_write")
         self._grant_s3(worker, artifacts, models, "read")
         self._grant_s3(dlq, artifacts, models, "read")
         batch.connect(data_bucket=data, consumers=fns.functions)

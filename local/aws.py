@@ -7,8 +7,10 @@ from dataclasses import dataclass, field
 
 import boto3
 
-from functions.core.adapters.base import CLIENT_CONFIG
-from local.config import JOBS_INPUT_SUFFIX, REGION, LocalConfig, resources
+from functions.core.aws.base import CLIENT_CONFIG
+from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX
+from infra.resources import RESOURCES
+from local.config import REGION, LocalConfig
 
 log = logging.getLogger("local.aws")
 
@@ -95,7 +97,7 @@ def provision(endpoint_url: str, cfg: LocalConfig) -> Provisioned:
     Every store is encrypted with the one customer-managed key, as in the stack. Idempotent on a
     server that already holds them (create calls that find the resource keep it).
     """
-    res = resources()
+    res = RESOURCES
     kms = client("kms", endpoint_url)
     alias = f"alias/cirrus-{cfg.stage}"
     key = _existing_key(kms, alias)
@@ -222,7 +224,7 @@ def _wire_job_notifications(s3, out: Provisioned, res) -> None:
             "QueueArn": events.arn,
             "Events": ["s3:ObjectCreated:*"],
             "Filter": {"Key": {"FilterRules": [
-                {"Name": "prefix", "Value": res.jobs_input_prefix},
+                {"Name": "prefix", "Value": JOBS_INPUT_PREFIX},
                 {"Name": "suffix", "Value": JOBS_INPUT_SUFFIX},
             ]}},
         }],

@@ -1,4 +1,8 @@
-"""``python -m local``: up (run Cirrus on this machine), status, down, keys, submit, env."""
+"""``python -m local``: up (run Cirrus on this machine), status, down, keys, submit, env.
+
+Over ~300 lines on purpose: one command per function and the parser that names them all, so
+``--help`` and the code that answers it stay side by side.
+"""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +16,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
+from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_OUTPUT_PREFIX
 from local.config import DEFAULT_BUNDLES_DIR, DEFAULT_STATE_DIR, LocalConfig
+
+if TYPE_CHECKING:
+    from functions.core.batch.job import Job
 
 STATE_VERSION = 1
 
@@ -310,12 +318,12 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if not args.keys_args or {"-h", "--help"} & set(args.keys_args):
-        from functions import keys
+        from ops import keys
 
         return keys.main(["--help"])
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(local_env(_need_running(args.state_dir)))
-    from functions import keys
+    from ops import keys
 
     return keys.main(args.keys_args)
 
@@ -329,16 +337,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
-    from infra.resources import RESOURCES
     from local.aws import client
 
     bucket = state["buckets"]["Data"]
     name = path.name if path.name.endswith(".jsonl") else path.name + ".jsonl"
-    key = RESOURCES.jobs_input_prefix + name
+    key = JOBS_INPUT_PREFIX + name
     s3 = client("s3", state["aws_endpoint_url"])
     with open(path, "rb") as fh:
         etag = s3.put_object(Bucket=bucket, Key=key, Body=fh)["ETag"]
-    from functions.core.batch.jobs import job_id_for
+    from functions.core.batch.job import job_id_for
 
     job_id = job_id_for(bucket, key, etag)
     print(f"uploaded {path} to s3://{bucket}/{key}: job {job_id}")
@@ -348,12 +355,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if job is None:
         print(f"error: job {job_id} did not finish within {args.timeout} s", file=sys.stderr)
         return 1
-    from functions.core.batch.routes import view  # the job API's public shape of a record
+    from functions.core.batch.service import view  # the job API's public shape of a record
+    from functions.core.settings import get_settings
 
-    print(json.dumps(view(job, with_urls=False), indent=2, default=str))
-    if args.download and job.get("status", "").startswith("succeeded"):
+    print(json.dumps(view(job, get_settings(), with_urls=False), indent=2, default=str))
+    if args.download and job.status.value.startswith("succeeded"):
         for kind in ("results", "errors"):
-            out_key = f"{RESOURCES.jobs_output_prefix}{job_id}/{kind}.jsonl"
+            out_key = f"{JOBS_OUTPUT_PREFIX}{job_id}/{kind}.jsonl"
             target = Path(args.download) / f"{job_id}.{kind}.jsonl"
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
@@ -361,19 +369,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
                 print(f"wrote {target}")
             except Exception:  # noqa: BLE001 - errors.jsonl is absent when every line succeeded
                 pass
-    return 0 if job.get("status", "").startswith("succeeded") else 1
+    return 0 if job.status.value.startswith("succeeded") else 1
 
 
-def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float) -> dict[str, Any] | None:
+def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float) -> Job | None:
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(local_env(state))
-    from functions.core.batch.jobs import job_store
+    from functions.core.batch.job_store import job_store
 
     store = job_store()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = store.get(job_id)
-        if job and job.get("status") in ("succeeded", "succeeded_with_errors", "failed"):
+        if job and job.final:
             return job
         time.sleep(0.5)
     return None
@@ -434,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = sub.add_parser("keys", parents=[common], help="API keys on the local system: create --name X | list | revoke KEY_ID",
                           add_help=False)
-    keys.add_argument("keys_args", nargs=argparse.REMAINDER, help="arguments for python -m functions.keys")
+    keys.add_argument("keys_args", nargs=argparse.REMAINDER, help="arguments for python -m ops.keys")
     keys.set_defaults(func=cmd_keys)
 
     submit = sub.add_parser("submit", parents=[common], help="start a batch job from a JSONL file (uploads to jobs/input/)")
@@ -448,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # `keys` passes its arguments through to functions.keys, options first included (--help, --table).
+    # `keys` passes its arguments through to ops.keys, options first included (--help, --table).
     args, rest = parser.parse_known_args(argv)
     if rest and args.command != "keys":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")

@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.resources import RESOURCES, QueueSpec
+from functions.core.contract import VISIBILITY_FACTOR
+from infra.resources import QueueSpec
 from infra.settings import LambdaSettings, StageSettings, load_stage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -15,16 +16,6 @@ DEFAULT_BUNDLES_DIR = REPO_ROOT / ".cache" / "bundles"
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
 
-# The splitter is fed S3 ObjectCreated notifications for *.jsonl files under the input prefix.
-JOBS_INPUT_SUFFIX = ".jsonl"
-
-# AWS guidance (and infra.constructs.batch): visibility >= 6x the consuming function's timeout.
-VISIBILITY_FACTOR = 6
-
-
-def handler_path(function_id: str) -> str:
-    """Function ids (cdk.json ``functions.<id>``, QueueSpec.consumer) name their handler module."""
-    return f"functions.handlers.{function_id}.handler"
 
 
 @dataclass(frozen=True)
@@ -59,8 +50,8 @@ class LocalConfig:
         return load_stage(self.base_stage)
 
     def function_settings(self, function_id: str) -> LambdaSettings:
-        """Memory/timeout of a function in the imitated stage (Lambda defaults if the stage has none)."""
-        return getattr(self.stage_settings().functions, function_id, None) or LambdaSettings()
+        """Memory/timeout of a function (infra/function_specs.py) in the imitated stage."""
+        return self.stage_settings().functions.of(function_id)
 
     def visibility_timeout(self, spec: QueueSpec, dlq: bool = False) -> int:
         if self.visibility_timeout_s is not None:
@@ -75,8 +66,3 @@ class LocalConfig:
     @property
     def state_file(self) -> Path:
         return self.state_dir / "state.json"
-
-
-def resources():
-    """The one description of buckets, tables and queues (shared with the CDK constructs)."""
-    return RESOURCES

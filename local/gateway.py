@@ -9,6 +9,9 @@ validator); the proxy event is built in the v1 format with the route's ``resourc
 ``pathParameters``; the Lambda's proxy response goes back as HTTP (502 on a function error or a
 malformed response, 504 past the integration timeout). Gateway-made errors carry the same
 status, type and code as the stack's gateway responses (OpenAI-style bodies).
+
+One file over ~300 lines on purpose: it mirrors one piece of AWS (the REST API in front of the
+functions) end to end, and its steps read in request order.
 """
 from __future__ import annotations
 

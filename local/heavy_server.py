@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from functions.core.errors import CirrusError
-from functions.core.generation.onnx_generator import OnnxGenerator
+from functions.core.inference.generator import OnnxGenerator
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
 

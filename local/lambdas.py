@@ -62,14 +62,6 @@ class LambdaFunction:
             self._handler = getattr(importlib.import_module(module_name), attr)
         return self._handler
 
-    @property
-    def available(self) -> bool:
-        try:
-            self.load()
-            return True
-        except ImportError:
-            return False
-
     def invoke(self, event: dict) -> Any:
         """Run the handler on ``event``; exceptions propagate like a Lambda function error."""
         with self._lock:

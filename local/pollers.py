@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 from local.config import REGION
 from local.lambdas import LambdaFunction
@@ -119,24 +119,32 @@ class QueuePoller:
         messages = resp.get("Messages", [])
         if not messages:
             return 0
-        records = [sqs_record(m, self.queue_arn) for m in messages]
         start = time.perf_counter()
-        try:
-            result = self.function.invoke({"Records": records})
-            failed = failed_ids(result, records)
-        except Exception as exc:  # noqa: BLE001 - a function error leaves the whole batch on the queue
-            log.error("function %s failed on a batch of %d: %s", self.function.name, len(records),
-                      type(exc).__name__)
-            failed = {r["messageId"] for r in records}
-        done = [r for r in records if r["messageId"] not in failed]
-        for i in range(0, len(done), 10):
-            entries = [{"Id": str(j), "ReceiptHandle": r["receiptHandle"]} for j, r in enumerate(done[i:i + 10])]
-            out = self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
-            if out.get("Failed"):
-                log.error("poller %s: %d deletes failed", self.function.name, len(out["Failed"]))
+        failed = deliver(self._sqs, self.queue_url, self.queue_arn, messages, self.function.invoke,
+                         name=self.function.name)
         self.batches += 1
-        self.deleted += len(done)
+        self.deleted += len(messages) - len(failed)
         self.failed += len(failed)
         log.info("BATCH function=%s received=%d deleted=%d failed=%d ms=%.1f", self.function.name,
-                 len(records), len(done), len(failed), (time.perf_counter() - start) * 1000)
-        return len(records)
+                 len(messages), len(messages) - len(failed), len(failed), (time.perf_counter() - start) * 1000)
+        return len(messages)
+
+
+def deliver(sqs, queue_url: str, queue_arn: str, messages: list[dict[str, Any]],
+            invoke: Callable[[dict], Any], *, name: str = "function") -> set[str]:
+    """What Lambda's SQS event source does with one received batch: invoke the function with the
+    event, delete the messages it did not report as failed. Returns the failed message ids (left on
+    the queue: they come back after the visibility timeout, towards the DLQ)."""
+    records = [sqs_record(m, queue_arn) for m in messages]
+    try:
+        failed = failed_ids(invoke({"Records": records}), records)
+    except Exception as exc:  # noqa: BLE001 - a function error leaves the whole batch on the queue
+        log.error("function %s failed on a batch of %d: %s", name, len(records), type(exc).__name__)
+        failed = {r["messageId"] for r in records}
+    done = [r for r in records if r["messageId"] not in failed]
+    for i in range(0, len(done), 10):
+        entries = [{"Id": str(j), "ReceiptHandle": r["receiptHandle"]} for j, r in enumerate(done[i:i + 10])]
+        out = sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        if out.get("Failed"):
+            log.error("poller %s: %d deletes failed", name, len(out["Failed"]))
+    return failed

@@ -3,10 +3,11 @@
 ``LocalSystem.start()`` does the steps of ``python -m local up`` in order and, if one fails, stops
 what the earlier ones started; ``stop()`` stops everything it started (threads it owns, and the
 heavy stand-in subprocess by its PID) and nothing else.
+
+Over ~300 lines on purpose: start and stop are one ordered list of steps, each undone by the other.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from local.config import REPO_ROOT, LocalConfig, handler_path
+from functions.core.contract import JOBS_GENERATION_FAILURE_PREFIX, JOBS_GENERATION_OUTPUT_PREFIX
+from infra.function_specs import FUNCTIONS_BY_ID
+from local.config import REPO_ROOT, LocalConfig
 
 log = logging.getLogger("local")
 
@@ -195,12 +198,9 @@ class LocalSystem:
         return key, record.key_id
 
     def _heavy(self, bundles: dict[str, Path], prov) -> tuple[str | None, int | None, str | None]:
-        from infra.resources import RESOURCES
 
         if not self.cfg.heavy:
             return None, None, "heavy path: off (--no-heavy)"
-        if importlib.util.find_spec(HEAVY_SERVER_MODULE) is None:
-            return None, None, "heavy path: not available yet (local/heavy_server.py is missing)"
         bundle = next((p for n, p in bundles.items() if _task(p) == "text-generation"), None)
         if bundle is None:
             return None, None, "heavy path: no text-generation bundle to serve"
@@ -216,8 +216,8 @@ class LocalSystem:
              "--bundle", str(bundle), "--endpoint", HEAVY_ENDPOINT_NAME,
              # SageMaker async inference writes under the endpoint's S3OutputPath / S3FailurePath:
              # the stack's (infra/constructs/heavy_async.py), from the same shared data.
-             "--async-output", f"s3://{prov.buckets['Data']}/{RESOURCES.jobs_generation_output_prefix}",
-             "--async-failure", f"s3://{prov.buckets['Data']}/{RESOURCES.jobs_generation_failure_prefix}"],
+             "--async-output", f"s3://{prov.buckets['Data']}/{JOBS_GENERATION_OUTPUT_PREFIX}",
+             "--async-failure", f"s3://{prov.buckets['Data']}/{JOBS_GENERATION_FAILURE_PREFIX}"],
             cwd=REPO_ROOT, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent)
         logf.close()
@@ -290,7 +290,7 @@ class LocalSystem:
         if function_id not in self.functions:
             fs = self.cfg.function_settings(function_id)
             fn = LambdaFunction(f"cirrus-{self.cfg.stage}-{function_id.replace('_', '-')}",
-                                handler_path(function_id), timeout_s=fs.timeout_s, memory_mb=fs.memory_mb)
+                                FUNCTIONS_BY_ID[function_id].handler, timeout_s=fs.timeout_s, memory_mb=fs.memory_mb)
             try:
                 fn.load()  # import now: a broken handler should stop `up`, not the first event
             except ImportError as exc:
@@ -304,9 +304,6 @@ class LocalSystem:
         from local.pollers import QueuePoller
 
         consumers = {f for q in prov.queues.values() for f in (q.consumer, q.dlq_consumer) if f}
-        missing = [f for f in sorted(consumers) if importlib.util.find_spec(handler_path(f).rsplit(".", 1)[0]) is None]
-        if missing:
-            return False, "batch jobs: not available yet (handlers missing: " + ", ".join(missing) + ")"
         sqs = client("sqs", prov.endpoint_url)
         functions = self.cfg.stage_settings().functions  # event source batch sizes as in the stack
         for q in prov.queues.values():

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from importlib import metadata
 from pathlib import Path
 
-from functions.core.manifest import sha256_file
+from functions.core.inference.manifest import sha256_file
 from model_export.config import ExportConfig, QuantizeConfig
 from model_export.progress import SILENT, Progress
 

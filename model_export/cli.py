@@ -212,7 +212,7 @@ def _list(args, progress):
 
 def _build_defaults(args, progress):
     from model_export.defaults import ensure_default_bundles
-    from functions.core.manifest import Manifest
+    from functions.core.inference.manifest import Manifest
 
     bundles = ensure_default_bundles(args.out, args.only, rebuild=args.rebuild, progress=progress)
     return {name: _manifest_summary(Manifest.read(path), path) for name, path in bundles.items()}

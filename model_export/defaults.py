@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from functions.core.errors import BundleError
-from functions.core.manifest import sha256_file, verify_bundle
+from functions.core.inference.manifest import sha256_file, verify_bundle
 from model_export.config import ExportConfig, QuantizeConfig
 from model_export.errors import ExportError
 from model_export.pipeline import EVAL_SET, build, content_hash

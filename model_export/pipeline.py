@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from functions.core.manifest import (FileEntry, Gate, Manifest, Quantization, Source, file_entry,
+from functions.core.inference.manifest import (FileEntry, Gate, Manifest, Quantization, Source, file_entry,
                                      sha256_file, verify_bundle)
 from model_export.config import ExportConfig, QuantizeConfig, Threshold, parse_threshold_overrides
 from model_export.errors import ExportError, GateFailed

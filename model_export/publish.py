@@ -16,9 +16,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.adapters.base import make_client
-from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
-from functions.core.model_store import MODELS_PREFIX, bundle_key, pointer_key
+from functions.core.aws.base import make_client
+from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
+from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, pointer_key
 from model_export.errors import PublishError
 from model_export.progress import SILENT, Progress
 
@@ -70,24 +70,19 @@ def _check_object(head: dict, key: str, size: int, sha: str, kms_key_id: str | N
         raise PublishError(f"verification failed for {key}: encrypted with another KMS key")
 
 
-def read_pointer(s3, bucket: str, name: str) -> dict | None:
+def read_pointer(s3, bucket: str, name: str) -> Pointer | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=pointer_key(name))["Body"].read()
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
             return None
         raise
-    return json.loads(body)
+    return Pointer.model_validate_json(body)
 
 
-def _write_pointer(s3, bucket: str, pointer: dict, kms_key_id: str | None) -> None:
-    s3.put_object(Bucket=bucket, Key=pointer_key(pointer["name"]),
-                  Body=json.dumps(pointer, indent=2, sort_keys=True).encode(),
+def _write_pointer(s3, bucket: str, pointer: Pointer, kms_key_id: str | None) -> None:
+    s3.put_object(Bucket=bucket, Key=pointer_key(pointer.name), Body=pointer.json_bytes(),
                   ContentType="application/json", CacheControl="no-cache", **_encryption(kms_key_id))
-
-
-def _entry(pointer: dict) -> dict:
-    return {k: pointer[k] for k in ("version", "manifest_sha256", "updated_at") if k in pointer}
 
 
 def publish_bundle(bundle_dir: Path | str, bucket: str, *, kms_key_id: str | None = None, s3_client=None,
@@ -130,13 +125,13 @@ def publish_bundle(bundle_dir: Path | str, bucket: str, *, kms_key_id: str | Non
                     raise PublishError(f"verification failed for {key}: missing after upload")
                 _check_object(head, key, size, sha, kms_key_id)
             current = read_pointer(s3, bucket, manifest.name)
-            moved = not (current and current.get("version") == manifest.version
-                         and current.get("manifest_sha256") == manifest_sha)
+            moved = not (current and current.version == manifest.version
+                         and current.manifest_sha256 == manifest_sha)
             if moved:
-                history = (current.get("history", []) + [_entry(current)]) if current else []
-                _write_pointer(s3, bucket, {"name": manifest.name, "version": manifest.version,
-                                            "manifest_sha256": manifest_sha, "updated_at": _now(),
-                                            "history": history[-HISTORY_LIMIT:]}, kms_key_id)
+                history = (current.history + [current.entry()]) if current else []
+                _write_pointer(s3, bucket, Pointer(name=manifest.name, version=manifest.version,
+                                                   manifest_sha256=manifest_sha, updated_at=_now(),
+                                                   history=history[-HISTORY_LIMIT:]), kms_key_id)
     except (ClientError, BotoCoreError) as exc:
         raise _aws(f"publishing {manifest.name}@{manifest.version} to s3://{bucket}", exc) from None
     progress.info(f"[publish] {manifest.name}@{manifest.version}: {len(uploaded)} uploaded, "
@@ -176,23 +171,23 @@ def rollback(name: str, bucket: str, *, to_version: str | None = None, kms_key_i
         current = read_pointer(s3, bucket, name)
         if current is None:
             raise PublishError(f"{name} has no current version in s3://{bucket}")
-        history = list(current.get("history", []))
+        history = list(current.history)
         if to_version is None:
             if not history:
-                raise PublishError(f"{name}@{current['version']} has no earlier version to roll back to")
-            target, history = history[-1]["version"], history[:-1]
+                raise PublishError(f"{name}@{current.version} has no earlier version to roll back to")
+            target, history = history[-1].version, history[:-1]
         else:
-            if to_version == current["version"]:
+            if to_version == current.version:
                 raise PublishError(f"{name}@{to_version} is already current")
-            target, history = to_version, history + [_entry(current)]
+            target, history = to_version, history + [current.entry()]
         _, manifest_sha = _published_manifest(s3, bucket, name, target)
-        pointer = {"name": name, "version": target, "manifest_sha256": manifest_sha, "updated_at": _now(),
-                   "history": history[-HISTORY_LIMIT:]}
+        pointer = Pointer(name=name, version=target, manifest_sha256=manifest_sha, updated_at=_now(),
+                          history=history[-HISTORY_LIMIT:])
         _write_pointer(s3, bucket, pointer, kms_key_id)
     except (ClientError, BotoCoreError) as exc:
         raise _aws(f"rolling back {name} in s3://{bucket}", exc) from None
-    progress.info(f"[rollback] {name}: {current['version']} -> {target}")
-    return {"name": name, "from": current["version"], "version": target, "manifest_sha256": manifest_sha}
+    progress.info(f"[rollback] {name}: {current.version} -> {target}")
+    return {"name": name, "from": current.version, "version": target, "manifest_sha256": manifest_sha}
 
 
 def list_models(bucket: str, name: str | None = None, *, s3_client=None,
@@ -217,5 +212,5 @@ def list_models(bucket: str, name: str | None = None, *, s3_client=None,
     except (ClientError, BotoCoreError) as exc:
         raise _aws(f"listing s3://{bucket}/{prefix}", exc) from None
     for (model, version), item in versions.items():
-        item["current"] = bool(pointers.get(model) and pointers[model]["version"] == version)
+        item["current"] = bool(pointers.get(model) and pointers[model].version == version)
     return sorted(versions.values(), key=lambda v: (v["name"], v["uploaded_at"], v["version"]))

@@ -1,1 +1,1 @@
-"""Cirrus runtime core: service logic, ONNX runtime, model store, adapters. Torch-free."""
+"""Cirrus runtime core, torch-free: errors, settings, observability, auth, and one package per job (see docs/ARCHITECTURE.md)."""

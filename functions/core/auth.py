@@ -16,8 +16,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.adapters import dynamodb
-from functions.core.adapters.base import translate
+from functions.core.aws import dynamodb
+from functions.core.aws.base import translate
 from functions.core.errors import CirrusError, NotFound, Unauthorized, ValidationFailed
 from functions.core.observability import logger
 from functions.core.settings import get_settings

@@ -12,12 +12,15 @@ class CirrusError(Exception):
     code: str | None = "internal_error"
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 retry_after: float | None = None, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        # Seconds a client should wait before retrying (throttles, a scaling endpoint): what happened,
+        # not a header; ``to_response`` turns it into Retry-After. ``headers``: an HTTP layer's own.
+        self.retry_after = retry_after
         self.headers = headers or {}
 
     def body(self) -> dict[str, Any]:
@@ -84,6 +87,9 @@ class BundleError(ModelUnavailable):
 def to_response(err: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Map any exception to (status, body, headers). Unknown exceptions become a bare 500."""
     if isinstance(err, CirrusError):
-        return err.status, err.body(), dict(err.headers)
+        headers = dict(err.headers)
+        if err.retry_after is not None:
+            headers["Retry-After"] = str(max(1, int(err.retry_after)))
+        return err.status, err.body(), headers
     generic = CirrusError("The server had an error while processing your request.")
     return 500, generic.body(), {}

@@ -51,11 +51,19 @@ class _NoTracing(BaseProvider):
 TRACED_MODULES = ("botocore",)
 
 
+def tracing_off(environ: Any = None) -> bool:
+    """Powertools' documented rule for tracing off: POWERTOOLS_TRACE_DISABLED is true, or the code
+    runs outside Lambda (no LAMBDA_TASK_ROOT) or under a local emulator (SAM local, Chalice local)."""
+    env = os.environ if environ is None else environ
+    if str(env.get("POWERTOOLS_TRACE_DISABLED", "false")).strip().lower() in ("1", "true", "yes", "on", "y", "t"):
+        return True
+    return not env.get("LAMBDA_TASK_ROOT") or bool(env.get("AWS_SAM_LOCAL") or env.get("AWS_CHALICE_CLI_MODE"))
+
+
 def _tracer() -> Tracer:
     # Powertools builds its X-Ray provider (aws_xray_sdk.core: ~0.15-0.3 s of imports at cold start)
-    # even when tracing is off. Off is decided by Powertools' own rule (POWERTOOLS_TRACE_DISABLED,
-    # or not running in Lambda / under SAM local); then a provider that records nothing stands in.
-    if Tracer._is_tracer_disabled():
+    # even when tracing is off. Then a provider that records nothing stands in.
+    if tracing_off():
         return Tracer(service=SERVICE, disabled=True, provider=_NoTracing())
     return Tracer(service=SERVICE, patch_modules=TRACED_MODULES)
 

@@ -6,6 +6,7 @@ Every environment variable the functions read is declared here and nowhere else.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Literal, get_origin
 
@@ -24,7 +25,6 @@ class Settings(BaseModel):
     # --- stores ---
     api_keys_table: str | None = None
     jobs_table: str | None = None
-    idempotency_table: str | None = None
     data_bucket: str | None = None
     work_queue_url: str | None = None
     # --- heavy path ---
@@ -91,11 +91,13 @@ class Settings(BaseModel):
             names = ", ".join(ENV_PREFIX + str(e["loc"][0]).upper() for e in exc.errors())
             raise RuntimeError(f"invalid Cirrus environment: {names}: {exc}") from exc
 
-    def env(self) -> dict[str, str]:
-        """The inverse of ``from_env``: the environment that yields these settings."""
+    def env(self, only: Iterable[str] | None = None) -> dict[str, str]:
+        """The inverse of ``from_env``: the environment that yields these settings (``only``: just
+        those fields, e.g. the ones a function receives)."""
+        keep = set(self.model_fields) if only is None else set(only)
         out: dict[str, str] = {}
         for name, value in self.model_dump().items():
-            if value is None:
+            if value is None or name not in keep:
                 continue
             if isinstance(value, list):
                 value = ",".join(value)

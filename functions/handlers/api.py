@@ -4,7 +4,7 @@ from __future__ import annotations
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from functions.core.api import app
+from functions.core.http.app import app
 from functions.core.observability import logger, metrics, tracer
 
 

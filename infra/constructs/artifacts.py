@@ -14,8 +14,10 @@ from constructs import Construct
 
 from infra.constructs import acknowledge, nag_env
 
-from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file
+from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file
 from infra.resources import RESOURCES
+from functions.core.contract import (JOBS_GENERATION_PREFIX, JOBS_INPUT_PREFIX, JOBS_OUTPUT_PREFIX, JOBS_WORK_PREFIX,
+                                     MODELS_PREFIX, POINTER_NAME, Pointer, bundle_prefix)
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,10 @@ class Artifacts(Construct):
             "Artifacts": [s3.LifecycleRule(id="old-model-versions", noncurrent_version_expiration=Duration.days(90),
                                            abort_incomplete_multipart_upload_after=Duration.days(1))],
             "Data": [
-                s3.LifecycleRule(id="job-work", prefix=RESOURCES.jobs_work_prefix, expiration=Duration.days(7)),
-                s3.LifecycleRule(id="job-inputs", prefix=RESOURCES.jobs_input_prefix, expiration=Duration.days(30)),
-                s3.LifecycleRule(id="job-outputs", prefix=RESOURCES.jobs_output_prefix, expiration=Duration.days(30)),
-                s3.LifecycleRule(id="generation-jobs", prefix=RESOURCES.jobs_generation_prefix,
+                s3.LifecycleRule(id="job-work", prefix=JOBS_WORK_PREFIX, expiration=Duration.days(7)),
+                s3.LifecycleRule(id="job-inputs", prefix=JOBS_INPUT_PREFIX, expiration=Duration.days(30)),
+                s3.LifecycleRule(id="job-outputs", prefix=JOBS_OUTPUT_PREFIX, expiration=Duration.days(30)),
+                s3.LifecycleRule(id="generation-jobs", prefix=JOBS_GENERATION_PREFIX,
                                  expiration=Duration.days(30)),
                 s3.LifecycleRule(id="noncurrent", noncurrent_version_expiration=Duration.days(7),
                                  abort_incomplete_multipart_upload_after=Duration.days(1)),
@@ -137,12 +139,12 @@ class BundleUpload(Construct):
 
         for b in bundles:
             files = deploy(f"{b.name}-files", s3deploy.Source.asset(str(b.path)),
-                           f"{RESOURCES.models_prefix}{b.name}/{b.version}/")
-            pointer = {"name": b.name, "version": b.version, "manifest_sha256": b.manifest_sha256,
-                       "updated_at": b.created_at, "history": []}
+                           bundle_prefix(b.name, b.version))
+            pointer = Pointer(name=b.name, version=b.version, manifest_sha256=b.manifest_sha256,
+                              updated_at=b.created_at)
             current = deploy(f"{b.name}-pointer",
-                             s3deploy.Source.data("current.json", json.dumps(pointer, sort_keys=True)),
-                             f"{RESOURCES.models_prefix}{b.name}/")
+                             s3deploy.Source.data(POINTER_NAME, pointer.json_bytes(indent=None).decode()),
+                             f"{MODELS_PREFIX}{b.name}/")
             current.node.add_dependency(files)
         self._acknowledge_deploy_handler(bucket)
 

@@ -14,10 +14,8 @@ from constructs import Construct
 from infra.constructs import acknowledge
 from infra.resources import RESOURCES
 from infra.settings import StageSettings
+from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX, VISIBILITY_FACTOR
 
-# AWS guidance for SQS-triggered Lambdas: visibility >= 6x the function timeout, so a message is not
-# redelivered while a slow (retried, throttled) invocation still holds it.
-VISIBILITY_FACTOR = 6
 
 
 class Batch(Construct):
@@ -69,7 +67,7 @@ class Batch(Construct):
                                                   queue_url=events.queue_url)
         data_bucket.add_event_notification(
             s3.EventType.OBJECT_CREATED, s3n.SqsDestination(keyless),
-            s3.NotificationKeyFilter(prefix=RESOURCES.jobs_input_prefix, suffix=".jsonl"))
+            s3.NotificationKeyFilter(prefix=JOBS_INPUT_PREFIX, suffix=JOBS_INPUT_SUFFIX))
         # S3 checks the destination's permissions when the notification is set: policy first.
         data_bucket.node.find_child("Notifications").node.add_dependency(events.node.find_child("Policy"))
         stack = Stack.of(self)

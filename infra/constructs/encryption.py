@@ -12,8 +12,9 @@ class Encryption(Construct):
 
     S3, DynamoDB, SQS and SageMaker use the key on behalf of an IAM principal (``grant_*`` in the
     stack), so they need no statement of their own. Services that act as themselves get a
-    key-policy statement from the construct that needs it (S3 event notifications to the encrypted
-    queue; CloudWatch alarms to the encrypted topic), each limited to this account.
+    key-policy statement from the stack, through ``allow_s3_notifications`` (S3 event notifications to
+    the encrypted queue) and ``allow_service`` (CloudWatch alarms to the encrypted topic), each
+    limited to this account.
     """
 
     def __init__(self, scope: Construct, id: str, *, stage_name: str, retain: bool) -> None:

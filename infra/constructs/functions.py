@@ -1,7 +1,6 @@
 """Functions: the api, authorizer and batch Lambdas from the zip assets built by `python -m infra.assets`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import Duration, RemovalPolicy, Size
@@ -13,8 +12,8 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 
-from functions.core.settings import ENV_PREFIX, Settings
-from infra.assets import FUNCTION_ASSETS
+from functions.core.settings import Settings
+from infra.function_specs import FUNCTIONS
 from infra.settings import StageSettings
 
 RETENTION = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
@@ -42,29 +41,11 @@ def runtime_env(**fields: object) -> dict[str, str]:
     if unknown:
         raise ValueError(f"not fields of functions.core.settings.Settings: {unknown}")
     # Round-trip through Settings so a value the function would reject fails here, not at cold start.
-    env = Settings(**{k: v for k, v in fields.items() if v is not None}).env()
-    return {k: v for k, v in env.items() if k[len(ENV_PREFIX):].lower() in fields}
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    id: str
-    handler: str
-    description: str
-    ephemeral_mb: int = 512
-
-
-FUNCTIONS = (
-    FunctionSpec("api", "functions.handlers.api.handler", "Cirrus HTTP API (OpenAI-compatible routes)", 2048),
-    FunctionSpec("authorizer", "functions.handlers.authorizer.handler", "Cirrus bearer API-key authorizer"),
-    FunctionSpec("batch_splitter", "functions.handlers.batch_splitter.handler", "Cirrus batch: split a JSONL job"),
-    FunctionSpec("batch_worker", "functions.handlers.batch_worker.handler", "Cirrus batch: run one chunk", 2048),
-    FunctionSpec("batch_dlq", "functions.handlers.batch_dlq.handler", "Cirrus batch: mark jobs of dead letters"),
-)
+    return Settings(**{k: v for k, v in fields.items() if v is not None}).env(only=fields)
 
 
 class Functions(Construct):
-    """One Lambda per ``FunctionSpec``, each with its own role, encrypted log group and X-Ray.
+    """One Lambda per ``infra.function_specs.FUNCTIONS`` entry, each with its own role, encrypted log group and X-Ray.
 
     ``env`` maps function id to its CIRRUS_* environment (names only, never secrets). Roles start
     empty except for writing their own log group; the stack adds scoped ``grant_*`` calls.
@@ -77,9 +58,8 @@ class Functions(Construct):
         arch = {"x86_64": lambda_.Architecture.X86_64, "arm64": lambda_.Architecture.ARM_64}[stage.architecture]
         code = {name: lambda_.Code.from_asset(str(path)) for name, path in assets.items()}
         self.functions: dict[str, lambda_.Function] = {}
-        self.log_groups: dict[str, logs.LogGroup] = {}
         for spec in FUNCTIONS:
-            cfg = getattr(stage.functions, spec.id)
+            cfg = stage.functions.of(spec.id)
             log_group = encrypted_log_group(self, f"{spec.id}-logs", key=key, stage=stage)
             role = iam.Role(self, f"{spec.id}-role", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
                             description=f"Cirrus {stage.name} {spec.id} function")
@@ -91,7 +71,7 @@ class Functions(Construct):
                 runtime=runtime,
                 architecture=arch,
                 handler=spec.handler,
-                code=code[FUNCTION_ASSETS[spec.id]],
+                code=code[spec.asset],
                 memory_size=cfg.memory_mb,
                 timeout=Duration.seconds(cfg.timeout_s),
                 reserved_concurrent_executions=cfg.reserved_concurrency,
@@ -117,7 +97,6 @@ class Functions(Construct):
                         reason="Never invoked asynchronously: API Gateway calls it synchronously or an SQS event "
                                "source feeds it, and SQS failures land in the queue's own DLQ.")
             self.functions[spec.id] = fn
-            self.log_groups[spec.id] = log_group
 
     def __getitem__(self, function_id: str) -> lambda_.Function:
         return self.functions[function_id]

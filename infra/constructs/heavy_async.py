@@ -11,14 +11,14 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.heavy_endpoint import VARIANT, HeavyEndpoint, scalable_target, scale_out_from_zero
-from infra.resources import RESOURCES
+from functions.core.contract import JOBS_GENERATION_FAILURE_PREFIX, JOBS_GENERATION_OUTPUT_PREFIX, JOBS_GENERATION_PREFIX
 
 # The contract with functions/core/generation/service.py: the API writes
 # jobs/generation/<job id>/request.json and job.json; SageMaker writes <inference id>.out under
 # OUTPUT_PREFIX and <inference id>-error.out under FAILURE_PREFIX (it returns both locations).
-JOBS_PREFIX = RESOURCES.jobs_generation_prefix
-OUTPUT_PREFIX = RESOURCES.jobs_generation_output_prefix
-FAILURE_PREFIX = RESOURCES.jobs_generation_failure_prefix
+JOBS_PREFIX = JOBS_GENERATION_PREFIX
+OUTPUT_PREFIX = JOBS_GENERATION_OUTPUT_PREFIX
+FAILURE_PREFIX = JOBS_GENERATION_FAILURE_PREFIX
 REQUEST_OBJECTS = f"{JOBS_PREFIX}genjob-*/request.json"
 
 

@@ -19,7 +19,7 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
-from functions.core.generation.spec import ChatTemplate, GenerationSpec
+from functions.core.inference.spec import ChatTemplate, GenerationSpec
 from model_export.config import ExportConfig, QuantizeConfig, Threshold
 from model_export.tasks.base import Task
 
@@ -177,7 +177,7 @@ def agreement(onnx_path: Path, tokenizer_path: Path, spec: GenerationSpec,
     ``next_token_agreement``: teacher-forced argmax agreement along the reference tokens."""
     import numpy as np
 
-    from functions.core.generation.onnx_generator import OnnxGenerator, SamplingParams
+    from functions.core.inference.generator import OnnxGenerator, SamplingParams
 
     # The reference ran without EOS: the loop must not stop early either.
     no_eos = spec.model_copy(update={"eos_token_ids": [-1]})

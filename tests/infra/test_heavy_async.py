@@ -7,9 +7,9 @@ import os
 import pytest
 
 from functions.core.generation.service import JOBS_PREFIX
-from infra.resources import RESOURCES
 from infra.settings import STAGES_CONTEXT_KEY, HeavyEndpointSettings, StageSettingsError, all_stages, parse_stage
 from template_support import as_list, ref_id
+from functions.core.contract import JOBS_GENERATION_PREFIX
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
@@ -37,7 +37,7 @@ def _api_statements(synth, stage: str) -> list[dict]:
 
 
 def test_infra_prefix_is_the_one_the_generation_service_uses():
-    assert RESOURCES.jobs_generation_prefix == JOBS_PREFIX == "jobs/generation/"
+    assert JOBS_GENERATION_PREFIX == JOBS_PREFIX == "jobs/generation/"
 
 
 @pytest.mark.parametrize("stage", ASYNC_STAGES)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from infra import assets
-from infra.constructs.functions import FUNCTIONS
+from infra.function_specs import FUNCTIONS
 from infra.settings import load_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,8 +55,23 @@ def test_asset_wheels_match_the_lambda_python_and_glibc(built):
                 assert glibc is None or int(glibc.group(1)) <= 34, (wheel, tag)   # AL2023: glibc 2.34
 
 
+def _import_time_nodes(tree: ast.AST):
+    """The nodes that run when the module is imported: not function bodies (imports made lazily, on
+    first use) and not ``if TYPE_CHECKING:`` blocks."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, ast.If) and isinstance(child.test, ast.Name) and child.test.id == "TYPE_CHECKING":
+                continue
+            stack.append(child)
+
+
 def _third_party_imports(module: str, seen: set[str]) -> set[str]:
-    """Top-level non-stdlib imports reachable from ``module`` through the functions package."""
+    """Non-stdlib imports that importing ``module`` loads, followed through the functions package."""
     path = REPO / (module.replace(".", "/") + ".py")
     if not path.exists():
         path = REPO / module.replace(".", "/") / "__init__.py"
@@ -64,7 +79,7 @@ def _third_party_imports(module: str, seen: set[str]) -> set[str]:
         return set()
     seen.add(module)
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in _import_time_nodes(ast.parse(path.read_text())):
         names = []
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
@@ -84,7 +99,7 @@ def _third_party_imports(module: str, seen: set[str]) -> set[str]:
 def test_each_function_asset_satisfies_every_import_of_its_handler(built, spec):
     module = spec.handler.rsplit(".", 1)[0]
     assert (REPO / (module.replace(".", "/") + ".py")).exists(), f"{spec.handler} is missing"
-    asset = built[assets.FUNCTION_ASSETS[spec.id]].path
+    asset = built[spec.asset].path
     missing = {m for m in _third_party_imports(module, set()) - RUNTIME_PROVIDED
                if not (asset / m).exists() and not (asset / f"{m}.py").exists()}
     assert missing == set(), f"{spec.id} imports {missing}, absent from its asset"
@@ -102,3 +117,14 @@ def test_unchanged_inputs_are_not_rebuilt(built):
     stage = load_stage("dev")
     again = assets.build_asset("light", stage.architecture, stage.python_version)
     assert again.rebuilt is False and again.bytes == built["light"].bytes
+
+
+def test_only_the_functions_that_run_models_take_the_inference_asset():
+    """The splitter and dead-letter handler only read manifests (the model store imports onnxruntime on
+    first load), so they ship in the small asset; the API and the worker run models."""
+    by_asset = {spec.id: spec.asset for spec in FUNCTIONS}
+    assert by_asset == {"api": "inference", "authorizer": "light", "batch_splitter": "light",
+                        "batch_worker": "inference", "batch_dlq": "light"}
+    for spec in FUNCTIONS:
+        heavy = _third_party_imports(spec.handler.rsplit(".", 1)[0], set()) & {"onnxruntime", "numpy", "tokenizers"}
+        assert bool(heavy) == (spec.asset == "inference"), (spec.id, heavy)

@@ -7,11 +7,12 @@ import pytest
 
 from infra.constructs.api import ROUTES
 from infra.constructs.batch import VISIBILITY_FACTOR
-from infra.constructs.functions import FUNCTIONS
+from infra.function_specs import FUNCTIONS
 from infra.resources import RESOURCES
 from infra.settings import FunctionsSettings, all_stages
 from functions.core.settings import ENV_PREFIX, Settings
 from template_support import as_list, ref_id
+from functions.core.contract import JOBS_INPUT_PREFIX
 
 STAGES = ("dev", "prod", "citest")
 # Actions AWS offers no resource-level permission for: the only ones allowed on Resource "*".
@@ -127,7 +128,7 @@ def test_job_inputs_notify_the_job_events_queue(synth, stage):
     (notif,) = synth.resources(stage, "Custom::S3BucketNotifications").values()
     (qc,) = notif["Properties"]["NotificationConfiguration"]["QueueConfigurations"]
     rules = {r["Name"]: r["Value"] for r in qc["Filter"]["Key"]["FilterRules"]}
-    assert rules == {"prefix": RESOURCES.jobs_input_prefix, "suffix": ".jsonl"}
+    assert rules == {"prefix": JOBS_INPUT_PREFIX, "suffix": ".jsonl"}
     assert qc["QueueArn"]["Fn::GetAtt"][0].startswith("BatchJobEvents")
     assert notif.get("DependsOn"), "notification must wait for the queue policy S3 validates"
 

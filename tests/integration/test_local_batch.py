@@ -7,7 +7,7 @@ import uuid
 
 import requests
 
-from infra.resources import RESOURCES
+from functions.core.contract import JOBS_INPUT_PREFIX
 
 TERMINAL = {"succeeded", "succeeded_with_errors", "failed"}
 
@@ -32,7 +32,7 @@ def _jsonl(url: str) -> list[dict]:
 
 
 def test_a_file_dropped_in_the_data_bucket_becomes_a_job_with_one_line_out_per_line_in(local_cirrus):
-    from functions.core.batch.jobs import job_id_for
+    from functions.core.batch.job import job_id_for
 
     good = [{"id": f"q{i}", "input": f"question number {i} about my order"} for i in range(40)]
     lines = [json.dumps(x) for x in good]
@@ -41,7 +41,7 @@ def test_a_file_dropped_in_the_data_bucket_becomes_a_job_with_one_line_out_per_l
         lines.insert(pos, raw)
     body = ("\n".join(lines) + "\n").encode()
     bucket = local_cirrus.state["buckets"]["Data"]
-    key = f"{RESOURCES.jobs_input_prefix}it-{uuid.uuid4().hex[:8]}.jsonl"
+    key = f"{JOBS_INPUT_PREFIX}it-{uuid.uuid4().hex[:8]}.jsonl"
     etag = local_cirrus.aws("s3").put_object(Bucket=bucket, Key=key, Body=body)["ETag"]
     job_id = job_id_for(bucket, key, etag)
 

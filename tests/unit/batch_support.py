@@ -1,27 +1,26 @@
-"""Shared fixtures for the batch-job tests: the stores on moto ``mock_aws`` and a queue drainer.
+"""Shared helpers for the batch-job tests: a queue drainer over the stores on moto ``mock_aws``.
 
 The stores come from the same description the stack deploys (local.aws.provision over
 infra.resources), S3 delivers ObjectCreated notifications to the JobEvents queue itself (moto does
-that), and ``Pipeline.drain`` plays Lambda's SQS event source: receive, invoke the real handler
-with the real event shape, delete what the handler did not report as failed.
+that), and ``Pipeline.drain`` plays Lambda's SQS event source with the local system's own
+``local.pollers.deliver``: receive, invoke the real handler with the real event shape, delete what
+the handler did not report as failed.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import boto3
-import pytest
 
-from functions.core import model_store
-from functions.core.batch import jobs
+from functions.core.batch import job_store as jobs
+from functions.core.batch.job import job_id_for
+from functions.core.contract import JOBS_INPUT_PREFIX
 from functions.handlers import batch_dlq, batch_splitter, batch_worker
-from light_support import REGION, FakeContext, aws, env, local_store  # noqa: F401  (fixtures)
-from local.aws import QueueInfo, provision
-from local.config import LocalConfig
-from local.pollers import failed_ids, sqs_record
+from light_support import REGION, lambda_context
+from local.aws import QueueInfo
+from local.pollers import deliver
 
 EMBEDDER = "all-minilm-l6-v2"
 CLASSIFIER = "cirrus-intent-minilm"
@@ -48,15 +47,15 @@ class Pipeline:
     def upload(self, name: str, data: bytes | list[Any]) -> str:
         if isinstance(data, list):
             data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in data).encode()
-        key = f"{jobs.INPUT_PREFIX}{name}"
+        key = f"{JOBS_INPUT_PREFIX}{name}"
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
         return key
 
     def job_for(self, key: str) -> dict[str, Any]:
         etag = self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
-        job = jobs.job_store().get(jobs.job_id_for(self.bucket, key, etag))
+        job = jobs.job_store().get(job_id_for(self.bucket, key, etag))
         assert job is not None, f"no job for {key}"
-        return job
+        return job.model_dump(mode="json", exclude_none=True)  # the record as stored: unset fields absent
 
     def output(self, job: dict[str, Any], kind: str) -> list[dict[str, Any]]:
         body = self.s3.get_object(Bucket=self.bucket, Key=job[f"{kind}_key"])["Body"].read().decode()
@@ -71,16 +70,9 @@ class Pipeline:
                 dlq: bool = False) -> set[str]:
         """Invoke ``handler`` with one SQS event; delete the successes as Lambda does. Failed ids back."""
         url, arn = (queue.dlq_url, queue.dlq_arn) if dlq else (queue.url, queue.arn)
-        records = [sqs_record(m, arn) for m in messages]
-        try:
-            result = handler({"Records": records}, FakeContext())
-        except Exception:
-            result = "raised"  # the whole batch failed (Powertools raises when every record fails)
-        failed = failed_ids(result, records)
+        failed = deliver(self.sqs, url, arn, messages, lambda event: handler(event, lambda_context()))
         for m in messages:
-            if m["MessageId"] not in failed:
-                self.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-            else:
+            if m["MessageId"] in failed:
                 # Stand-in for waiting out the visibility timeout: the failed message is due again now.
                 self.sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"],
                                                    VisibilityTimeout=0)
@@ -118,17 +110,3 @@ class Pipeline:
 
 def dlq_deliver(p: Pipeline, queue: QueueInfo) -> set[str]:
     return p.deliver(queue, batch_dlq.handler, p.dead_letters(queue), dlq=True)
-
-
-@pytest.fixture
-def pipeline(aws, env, local_store, bundles_dir: Path, monkeypatch: pytest.MonkeyPatch):  # noqa: F811
-    """Stores on moto, settings pointing at them, the session's loaded models; small chunks."""
-    made = provision(None, LocalConfig(stage="unit", visibility_timeout_s=60))
-    env(model_dir=str(bundles_dir), data_bucket=made.buckets["Data"], jobs_table=made.tables["Jobs"],
-        work_queue_url=made.queues["Work"].url, batch_chunk_lines=100,
-        max_receive_count=made.queues["Work"].max_receive_count)
-    monkeypatch.setattr(model_store, "_store", local_store)
-    jobs.reset()
-    yield Pipeline(bucket=made.buckets["Data"], table=made.tables["Jobs"], events=made.queues["JobEvents"],
-                   work=made.queues["Work"])
-    jobs.reset()

@@ -24,7 +24,7 @@ def bundle_outputs(bundle: Path, texts: list[str]) -> np.ndarray:
     """What a bundle serves for ``texts``, computed only from the bundle's own files + manifest."""
     import onnxruntime as ort
 
-    from functions.core.manifest import Manifest
+    from functions.core.inference.manifest import Manifest
     from model_export.tasks.base import encode, load_tokenizer
     from model_export.tasks.feature_extraction import pool
     from model_export.tasks.text_classification import softmax

@@ -1,4 +1,4 @@
-"""Shared helpers and fixtures for the light-path tests (API, runtime, model store, auth).
+"""Shared helpers for the light-path tests: API, runtime, model store, auth (fixtures: conftest.py).
 
 Events are the real API Gateway REST proxy events in tests/events/; AWS is moto's in-process
 ``mock_aws``; models are the real default bundles from the session fixture ``bundles_dir``.
@@ -13,15 +13,11 @@ from typing import Any
 import boto3
 import numpy as np
 import onnxruntime as ort
-import pytest
-from moto import mock_aws
 from tokenizers import Tokenizer
 
-from functions.core import auth, model_store
-from functions.core.adapters.base import reset_clients
-from functions.core.manifest import Manifest
-from functions.core.model_store import ModelStore, bundle_key, pointer_key
-from functions.core.settings import Settings, get_settings
+from functions.core.inference.manifest import Manifest
+from functions.core.contract import Pointer, bundle_key, pointer_key
+from local.lambdas import LambdaContext
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 EMBEDDER = "all-minilm-l6-v2"
@@ -29,19 +25,10 @@ CLASSIFIER = "cirrus-intent-minilm"
 REGION = "us-east-1"
 
 
-class FakeContext:
-    """The attributes of a Lambda context that Powertools reads."""
-
-    function_name = "cirrus-api"
-    function_version = "$LATEST"
-    memory_limit_in_mb = 2048
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:cirrus-api"
-    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
-    log_group_name = "/aws/lambda/cirrus-api"
-    log_stream_name = "2026/11/28/[$LATEST]abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
+def lambda_context(name: str = "cirrus-api", memory_mb: int = 2048) -> LambdaContext:
+    """The context object the local system hands a handler (local/lambdas.py), as Lambda would."""
+    return LambdaContext(function_name=name, memory_limit_in_mb=memory_mb, timeout_s=30,
+                         aws_request_id="52fdfc07-2182-154f-163f-5f0f9a621d72")
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -62,7 +49,7 @@ def api_event(method: str, path: str, body: Any = None, *, raw: str | None = Non
 def call_api(event: dict[str, Any]) -> tuple[int, Any, dict[str, str]]:
     from functions.handlers.api import handler
 
-    resp = handler(event, FakeContext())
+    resp = handler(event, lambda_context())
     body = json.loads(resp["body"]) if resp.get("body") else None
     headers = {**(resp.get("headers") or {}),
                **{k: v[-1] for k, v in (resp.get("multiValueHeaders") or {}).items()}}
@@ -83,7 +70,7 @@ def assert_error(status: int, body: Any, expected_status: int, code: str | None 
 def _direct_outputs(bundle_dir: Path, texts: list[str]) -> tuple[Manifest, list[np.ndarray]]:
     """The bundle's own ONNX output for each text, run one at a time (no padding).
 
-    Written independently of functions.core.runtime so the handler is checked against it.
+    Written independently of functions.core.inference.encoder so the handler is checked against it.
     """
     manifest = Manifest.read(bundle_dir)
     tok = Tokenizer.from_file(str(bundle_dir / "tokenizer.json"))
@@ -137,54 +124,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-# --------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def local_store(bundles_dir: Path) -> ModelStore:
-    """One store over the local bundles for the whole session: each model is loaded once."""
-    return ModelStore(Settings(model_dir=str(bundles_dir)))
-
-
-def _reset_all() -> None:
-    get_settings.cache_clear()
-    model_store.reset()
-    auth.reset()
-    reset_clients()
-
-
-@pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch):
-    """Set CIRRUS_* variables for one test; settings, stores and clients are rebuilt around it."""
-    for var in [k for k in __import__("os").environ if k.startswith("CIRRUS_")]:
-        monkeypatch.delenv(var)
-    _reset_all()
-
-    def set_env(**values: Any) -> Settings:
-        for k, v in values.items():
-            monkeypatch.setenv(f"CIRRUS_{k.upper()}", ",".join(v) if isinstance(v, list) else str(v))
-        get_settings.cache_clear()
-        return get_settings()
-
-    yield set_env
-    _reset_all()
-
-
-@pytest.fixture
-def light_api(env, local_store: ModelStore, bundles_dir: Path, monkeypatch: pytest.MonkeyPatch):
-    """The API over the local bundles, with the session's already-loaded models."""
-    env(model_dir=str(bundles_dir))
-    monkeypatch.setattr(model_store, "_store", local_store)
-    return local_store
-
-
-@pytest.fixture
-def aws(aws_env):
-    """moto in-process for S3, DynamoDB and KMS (fake credentials from conftest), fresh clients."""
-    reset_clients()
-    with mock_aws():
-        yield
-    reset_clients()
-
-
 def kms_key() -> str:
     return boto3.client("kms", region_name=REGION).create_key(Description="cirrus")["KeyMetadata"]["Arn"]
 
@@ -211,10 +150,9 @@ def overwrite(bucket: str, name: str, version: str, rel: str, data: bytes) -> No
 
 
 def move_pointer(bucket: str, name: str, version: str, manifest_sha256: str) -> None:
-    body = {"name": name, "version": version, "manifest_sha256": manifest_sha256,
-            "updated_at": "2026-01-01T00:00:00+00:00", "history": []}
-    boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=pointer_key(name),
-                                                      Body=json.dumps(body).encode())
+    body = Pointer(name=name, version=version, manifest_sha256=manifest_sha256,
+                   updated_at="2026-01-01T00:00:00+00:00")
+    boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=pointer_key(name), Body=body.json_bytes())
 
 
 def keys_table(name: str = "cirrus-api-keys") -> str:

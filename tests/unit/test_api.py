@@ -8,13 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from functions.core.manifest import Manifest
+from functions.core.inference.manifest import Manifest
 from functions.core.observability import logger
-from functions.core.runtime import OnnxModel
-from light_support import (  # noqa: F401  (fixtures)
-    CLASSIFIER, EMBEDDER, api_event, assert_error, call_api, cosine, direct_embeddings,
-    direct_probabilities, env, light_api, load_event, local_store,
-)
+from functions.core.inference.encoder import OnnxModel
+from light_support import (CLASSIFIER, EMBEDDER, api_event, assert_error, call_api, cosine, direct_embeddings,
+                           direct_probabilities, load_event)
 
 # Dynamic int8 quantizes activations with a scale computed over the whole batch tensor, so a
 # batched run and a single run of the same text differ slightly (measured: cos >= 0.98, mean
@@ -285,7 +283,7 @@ def test_a_bug_is_a_bare_500_without_internals(light_api, monkeypatch):
 def test_powertools_http_errors_from_a_router_keep_their_status_in_the_openai_shape(light_api, monkeypatch):
     from aws_lambda_powertools.event_handler.exceptions import BadRequestError
 
-    from functions.core import service
+    from functions.core.light import service
 
     def refuse(*_):
         raise BadRequestError("missing header X")

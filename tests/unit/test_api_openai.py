@@ -17,9 +17,7 @@ import pytest
 from functions.core.auth import KeyStore, RejectToken
 from functions.handlers.api import handler as api_handler
 from functions.handlers.authorizer import handler as authorizer
-from light_support import (  # noqa: F401  (fixtures)
-    EMBEDDER, FakeContext, aws, direct_embeddings, env, keys_table, light_api, load_event, local_store,
-)
+from light_support import EMBEDDER, direct_embeddings, keys_table, lambda_context, load_event
 
 STAGE_URL = "https://abc123defg.execute-api.us-east-1.amazonaws.com/dev"
 
@@ -36,7 +34,7 @@ def gateway(request: httpx.Request) -> httpx.Response:
     auth_event["authorizationToken"] = token
     auth_event["methodArn"] = f"arn:aws:execute-api:us-east-1:123456789012:abc123defg/dev/{request.method}{path}"
     try:
-        policy = authorizer(auth_event, FakeContext())
+        policy = authorizer(auth_event, lambda_context())
     except RejectToken:
         return unauthorized
     event = load_event("embeddings_post.json")
@@ -46,7 +44,7 @@ def gateway(request: httpx.Request) -> httpx.Response:
                  multiValueHeaders={k: [v] for k, v in request.headers.items()})
     event["requestContext"].update(httpMethod=request.method, path=f"/dev{path}",
                                    authorizer={"principalId": policy["principalId"], **policy["context"]})
-    resp = api_handler(event, FakeContext())
+    resp = api_handler(event, lambda_context())
     return httpx.Response(resp["statusCode"], headers=resp.get("headers") or {}, content=resp["body"].encode())
 
 

@@ -8,13 +8,13 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from functions import keys as keys_cli
-from functions.core.adapters import base
+from ops import keys as keys_cli
+from functions.core.aws import base
 from functions.core.auth import KeyStore, RejectToken
 from functions.core.errors import NotFound, Throttled, ValidationFailed
 from functions.core.observability import logger
 from functions.handlers.authorizer import handler as authorizer
-from light_support import REGION, FakeContext, aws, env, keys_table, load_event  # noqa: F401  (fixtures)
+from light_support import REGION, lambda_context, keys_table, load_event
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_table_is_encrypted_with_a_customer_kms_key(table):
 def test_valid_key_gets_an_allow_policy_for_the_whole_stage_with_key_context(table):
     key, record = KeyStore().create("shop-search")
     event = token_event(key)
-    policy = authorizer(event, FakeContext())
+    policy = authorizer(event, lambda_context())
     assert policy["principalId"] == record.key_id
     [statement] = policy["policyDocument"]["Statement"]
     assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow",
@@ -57,7 +57,7 @@ def test_valid_key_gets_an_allow_policy_for_the_whole_stage_with_key_context(tab
 def test_wrong_or_missing_key_is_rejected_with_unauthorized(table, mangle):
     key, _ = KeyStore().create("tests")
     with pytest.raises(RejectToken) as exc:
-        authorizer(token_event(mangle(key)), FakeContext())
+        authorizer(token_event(mangle(key)), lambda_context())
     # API Gateway answers 401 only when the authorizer fails with exactly this message.
     assert str(exc.value) == "Unauthorized"
 
@@ -65,18 +65,18 @@ def test_wrong_or_missing_key_is_rejected_with_unauthorized(table, mangle):
 def test_revoked_key_is_rejected(table):
     store = KeyStore()
     key, record = store.create("leaked")
-    assert authorizer(token_event(key), FakeContext())["principalId"] == record.key_id
+    assert authorizer(token_event(key), lambda_context())["principalId"] == record.key_id
     revoked = store.revoke(record.key_id)
     assert revoked.revoked and revoked.revoked_at
     with pytest.raises(RejectToken):
-        authorizer(token_event(key), FakeContext())
+        authorizer(token_event(key), lambda_context())
 
 
 def test_bearer_scheme_is_case_insensitive(table):
     key, record = KeyStore().create("tests")
     event = token_event(key)
     event["authorizationToken"] = f"bearer {key}"
-    assert authorizer(event, FakeContext())["principalId"] == record.key_id
+    assert authorizer(event, lambda_context())["principalId"] == record.key_id
 
 
 def test_only_a_salted_hash_is_stored(table):
@@ -121,16 +121,16 @@ def test_table_throttling_is_not_reported_as_a_bad_key(table):
         stubber.add_client_error("get_item", service_error_code="ProvisionedThroughputExceededException",
                                  http_status_code=400)
     with stubber, pytest.raises(Throttled):
-        authorizer(token_event(key), FakeContext())
+        authorizer(token_event(key), lambda_context())
 
 
 def test_authorizer_never_logs_the_key(table, monkeypatch):
     logs = io.StringIO()
     monkeypatch.setattr(logger.registered_handler, "stream", logs)
     key, _ = KeyStore().create("tests")
-    authorizer(token_event(key), FakeContext())
+    authorizer(token_event(key), lambda_context())
     with pytest.raises(RejectToken):
-        authorizer(token_event(key + "x"), FakeContext())
+        authorizer(token_event(key + "x"), lambda_context())
     out = logs.getvalue()
     assert "api key accepted" in out and "api key rejected" in out
     assert key.split("_", 2)[2] not in out
@@ -141,7 +141,7 @@ def test_cli_creates_prints_once_lists_and_revokes(table, capsys):
     created = json.loads(capsys.readouterr().out)
     key = created["api_key"]
     assert key.startswith(f"cir_{created['key_id']}_")
-    assert authorizer(token_event(key), FakeContext())["context"]["key_name"] == "cli-user"
+    assert authorizer(token_event(key), lambda_context())["context"]["key_name"] == "cli-user"
 
     assert keys_cli.main(["--table", table, "list"]) == 0
     listed = capsys.readouterr().out
@@ -150,7 +150,7 @@ def test_cli_creates_prints_once_lists_and_revokes(table, capsys):
     assert keys_cli.main(["--table", table, "revoke", created["key_id"]]) == 0
     assert json.loads(capsys.readouterr().out)["revoked"] is True
     with pytest.raises(RejectToken):
-        authorizer(token_event(key), FakeContext())
+        authorizer(token_event(key), lambda_context())
 
 
 def test_cli_reports_errors_without_a_traceback(table, capsys):

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from batch_support import EMBEDDER, aws, env, local_store, pipeline  # noqa: F401  (fixtures)
+from batch_support import EMBEDDER
 from light_support import api_event, assert_error, call_api
 
 
@@ -156,10 +156,10 @@ def test_presigned_upload_url_expires_after_the_configured_time(pipeline, env):
 
 
 def test_route_modules_import_on_their_own_without_the_app():
-    # A router must not need functions.core.api first (the CLI imports batch.routes.view alone).
+    # A router must not need functions.core.http.app first (the CLI imports batch.routes.view alone).
     root = Path(__file__).resolve().parents[2]
-    for module in ("functions.core.batch.routes", "functions.core.generation.routes"):
+    for module in ("functions.core.http.routes.jobs", "functions.core.http.routes.generation"):
         proc = subprocess.run([sys.executable, "-c", f"import {module}; import sys; "
-                               "assert 'functions.core.api' not in sys.modules"],
+                               "assert 'functions.core.http.app' not in sys.modules"],
                               cwd=root, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, (module, proc.stderr[-2000:])

@@ -9,10 +9,11 @@ import json
 import numpy as np
 import pytest
 
-from batch_support import CLASSIFIER, EMBEDDER, aws, dlq_deliver, env, local_store, pipeline  # noqa: F401  (fixtures)
-from functions.core.adapters import sqs as sqs_adapter
-from functions.core.batch import jobs, worker
-from functions.core.batch.store import JobStore
+from batch_support import CLASSIFIER, EMBEDDER, dlq_deliver
+from functions.core.aws import sqs as sqs_adapter
+from functions.core.batch import job_store as jobs
+from functions.core.batch import worker
+from functions.core.batch.job_store import JobStore
 
 
 def good(i: int) -> dict:
@@ -309,7 +310,7 @@ class Killed(BaseException):
 
 def test_splitter_killed_mid_send_on_every_delivery_leaves_a_failed_job_not_a_running_one(pipeline, monkeypatch):
     from functions.handlers.batch_splitter import handler
-    from light_support import FakeContext
+    from light_support import lambda_context
     from local.pollers import sqs_record
 
     real = sqs_adapter.send_messages
@@ -322,7 +323,7 @@ def test_splitter_killed_mid_send_on_every_delivery_leaves_a_failed_job_not_a_ru
     key = pipeline.upload("killed.jsonl", [good(i) for i in range(230)])
     (event,) = pipeline.receive(pipeline.events.url)
     with pytest.raises(Killed):
-        handler({"Records": [sqs_record(event, pipeline.events.arn)]}, FakeContext())
+        handler({"Records": [sqs_record(event, pipeline.events.arn)]}, lambda_context())
     assert pipeline.job_for(key)["status"] == "running"
     # After maxReceiveCount such deliveries SQS dead-letters the notification; the backstop takes it.
     pipeline.sqs.delete_message(QueueUrl=pipeline.events.url, ReceiptHandle=event["ReceiptHandle"])
@@ -356,5 +357,5 @@ def test_job_store_is_the_only_writer_of_counts(pipeline):
     assert store.complete_chunk("job_" + "0" * 24, 0, {"first_line": 1, "lines": 5}, ok=5, errors=0, failed=False)
     assert not store.complete_chunk("job_" + "0" * 24, 0, {"first_line": 1, "lines": 5}, ok=0, errors=5,
                                     failed=True)
-    job = store.get("job_" + "0" * 24)
+    job = store.get("job_" + "0" * 24).model_dump()
     assert (job["chunks_done"], job["lines_ok"], job["lines_failed"]) == (1, 5, 0)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from functions.core.batch.jobs import job_id_for
+from functions.core.batch.job import job_id_for
 from functions.core.batch.objects import iter_lines
-from functions.core.batch.schema import LineError, LineInput, parse_header, parse_line
+from functions.core.batch.formats import LineError, LineInput, parse_header, parse_line
 
 
 def parse(raw: bytes, **kw):

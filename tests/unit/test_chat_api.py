@@ -13,11 +13,11 @@ import pytest
 
 from functions.core.generation import heavy as heavy_mod
 from functions.core.generation.breaker import reset_breakers
-from functions.core.generation.onnx_generator import SamplingParams
-from generation_support import TINY, tiny_bundle, tiny_generator  # noqa: F401  (fixtures)
-from infra.resources import RESOURCES
-from light_support import api_event, assert_error, aws, call_api, env  # noqa: F401  (fixtures)
+from functions.core.inference.generator import SamplingParams
+from generation_support import TINY
+from light_support import api_event, assert_error, call_api
 from local.heavy_server import HeavyServer
+from functions.core.contract import JOBS_GENERATION_FAILURE_PREFIX, JOBS_GENERATION_OUTPUT_PREFIX
 
 USER = [{"role": "user", "content": "Where is my order?"}]
 
@@ -146,8 +146,8 @@ def standin(tiny_bundle, aws, monkeypatch):
     s3.create_bucket(Bucket="cirrus-data")
     # Async outputs where the stack's endpoint config puts them (infra/constructs/heavy_async.py).
     srv = HeavyServer(tiny_bundle, endpoint="cirrus-heavy",
-                      async_output=f"s3://cirrus-data/{RESOURCES.jobs_generation_output_prefix}",
-                      async_failure=f"s3://cirrus-data/{RESOURCES.jobs_generation_failure_prefix}",
+                      async_output=f"s3://cirrus-data/{JOBS_GENERATION_OUTPUT_PREFIX}",
+                      async_failure=f"s3://cirrus-data/{JOBS_GENERATION_FAILURE_PREFIX}",
                       s3_client=s3).start()
     monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", srv.url)
     heavy_mod.reset_clients()
@@ -214,9 +214,9 @@ def test_async_failure_lands_under_the_failure_prefix_and_the_job_reads_failed(g
     assert view["error"]["code"] == "generation_failed"
     s3 = boto3.client("s3", region_name="us-east-1")
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="cirrus-data")["Contents"]]
-    failures = [k for k in keys if k.startswith(RESOURCES.jobs_generation_failure_prefix)]
+    failures = [k for k in keys if k.startswith(JOBS_GENERATION_FAILURE_PREFIX)]
     assert len(failures) == 1 and failures[0].endswith("-error.out"), keys
-    assert not [k for k in keys if k.startswith(RESOURCES.jobs_generation_output_prefix)], keys
+    assert not [k for k in keys if k.startswith(JOBS_GENERATION_OUTPUT_PREFIX)], keys
 
 
 def test_a_generation_job_is_visible_only_to_the_key_that_created_it(gen_api, standin):

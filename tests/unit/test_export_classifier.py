@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from functions.core.manifest import Manifest, verify_bundle
+from functions.core.inference.manifest import Manifest, verify_bundle
 from model_export.classifier import load_examples
 from export_support import bundle_outputs
 

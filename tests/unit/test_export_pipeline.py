@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from functions.core.manifest import Manifest, sha256_file, verify_bundle
+from functions.core.inference.manifest import Manifest, sha256_file, verify_bundle
 from model_export.defaults import default_model_dir
 from model_export.pipeline import FP32_FILE, INT8_FILE, content_hash
 from export_support import bundle_outputs, run_cli

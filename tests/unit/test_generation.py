@@ -6,9 +6,8 @@ from pathlib import Path
 import pytest
 
 from functions.core.errors import BadRequest, BundleError
-from functions.core.generation.onnx_generator import OnnxGenerator, SamplingParams
-from functions.core.manifest import Manifest, verify_bundle
-from generation_support import TINY, tiny_bundle, tiny_generator  # noqa: F401  (fixtures)
+from functions.core.inference.generator import OnnxGenerator, SamplingParams
+from functions.core.inference.manifest import Manifest, verify_bundle
 
 PROMPTS = ["Hello, how can I help you today?", "Where is my package?", "The quick brown fox", "A"]
 
@@ -66,7 +65,7 @@ def test_bundle_manifest_describes_the_kv_cache_and_is_int8(tiny_bundle):
 
 
 def test_generator_session_uses_the_runtimes_shared_session_options(tiny_generator):
-    from functions.core.runtime import session_options
+    from functions.core.inference.encoder import session_options
 
     got = tiny_generator.session.get_session_options()
     want = session_options(tiny_generator.threads)

@@ -13,6 +13,7 @@ from local.aws import MotoServer, client, provision
 from local.config import LocalConfig
 from local.lambdas import LambdaFunction
 from local.pollers import QueuePoller, failed_ids
+from functions.core.contract import JOBS_INPUT_PREFIX
 
 
 @pytest.fixture(scope="module")
@@ -71,8 +72,8 @@ def test_jsonl_under_jobs_input_is_delivered_to_the_job_events_queue(moto_url, s
     q = stack.queues["JobEvents"].url
     sqs.purge_queue(QueueUrl=q)
     data = stack.buckets["Data"]
-    s3.put_object(Bucket=data, Key=RESOURCES.jobs_input_prefix + "a.jsonl", Body=b'{"input": "x"}\n')
-    s3.put_object(Bucket=data, Key=RESOURCES.jobs_input_prefix + "notes.txt", Body=b"x")
+    s3.put_object(Bucket=data, Key=JOBS_INPUT_PREFIX + "a.jsonl", Body=b'{"input": "x"}\n')
+    s3.put_object(Bucket=data, Key=JOBS_INPUT_PREFIX + "notes.txt", Body=b"x")
     s3.put_object(Bucket=data, Key="elsewhere/b.jsonl", Body=b"{}\n")
     got = []
     deadline = time.monotonic() + 5
@@ -81,7 +82,7 @@ def test_jsonl_under_jobs_input_is_delivered_to_the_job_events_queue(moto_url, s
             body = json.loads(m["Body"])
             # Keys arrive URL-encoded, as S3 sends them (moto also encodes "/").
             got += [unquote_plus(r["s3"]["object"]["key"]) for r in body.get("Records", [])]
-    assert got == [RESOURCES.jobs_input_prefix + "a.jsonl"]
+    assert got == [JOBS_INPUT_PREFIX + "a.jsonl"]
 
 
 def _queue(sqs, name, max_receive=2):

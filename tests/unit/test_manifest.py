@@ -1,4 +1,4 @@
-"""The bundle contract (functions/core/manifest.py) on the real default bundles: verify, tamper, read."""
+"""The bundle contract (functions/core/inference/manifest.py) on the real default bundles: verify, tamper, read."""
 from __future__ import annotations
 
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from functions.core.errors import BundleError
-from functions.core.manifest import MANIFEST_NAME, Manifest, verify_bundle
+from functions.core.inference.manifest import MANIFEST_NAME, Manifest, verify_bundle
 
 NAME = "all-minilm-l6-v2"
 

@@ -7,14 +7,12 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from functions.core import model_store
-from functions.core.adapters import base
+from functions.core.inference import model_store
+from functions.core.aws import base
 from functions.core.errors import BundleError, ModelNotFound
-from functions.core.manifest import Manifest
-from light_support import (  # noqa: F401  (fixtures)
-    EMBEDDER, REGION, api_event, artifacts_bucket, assert_error, aws, call_api, env, move_pointer, overwrite,
-    publish,
-)
+from functions.core.inference.manifest import Manifest
+from light_support import (EMBEDDER, REGION, api_event, artifacts_bucket, assert_error, call_api, move_pointer,
+                           overwrite, publish)
 
 
 @pytest.fixture

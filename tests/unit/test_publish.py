@@ -12,7 +12,7 @@ from botocore.exceptions import ClientError
 from moto import mock_aws
 
 from functions.core.errors import BundleError
-from functions.core.manifest import Manifest, sha256_file
+from functions.core.inference.manifest import Manifest, sha256_file
 from model_export.errors import PublishError
 from model_export.publish import list_models, publish_bundle, read_pointer, rollback
 
@@ -62,7 +62,7 @@ def test_publish_uploads_every_file_with_sse_kms_then_points_current_at_it(s3_km
     for rel, entry in manifest.files.items():
         head = s3.head_object(Bucket=BUCKET, Key=f"models/{NAME}/v1/{rel}")
         assert head["Metadata"]["sha256"] == entry.sha256 and head["ContentLength"] == entry.bytes
-    pointer = read_pointer(s3, BUCKET, NAME)
+    pointer = read_pointer(s3, BUCKET, NAME).model_dump()
     assert pointer["version"] == "v1" and pointer["history"] == []
     assert pointer["manifest_sha256"] == sha256_file(v1 / "manifest.json")
 
@@ -71,10 +71,10 @@ def test_publishing_the_same_bundle_again_uploads_nothing_and_keeps_the_pointer(
     s3, key_id = s3_kms
     v1, _ = two_versions
     publish_bundle(v1, BUCKET, kms_key_id=key_id, s3_client=s3)
-    before = read_pointer(s3, BUCKET, NAME)
+    before = read_pointer(s3, BUCKET, NAME).model_dump()
     again = publish_bundle(v1, BUCKET, kms_key_id=key_id, s3_client=s3)
     assert again["uploaded"] == [] and again["pointer_moved"] is False
-    assert read_pointer(s3, BUCKET, NAME) == before
+    assert read_pointer(s3, BUCKET, NAME).model_dump() == before
 
 
 def test_rollback_moves_the_pointer_back_and_forward(s3_kms, two_versions):
@@ -82,18 +82,18 @@ def test_rollback_moves_the_pointer_back_and_forward(s3_kms, two_versions):
     v1, v2 = two_versions
     publish_bundle(v1, BUCKET, kms_key_id=key_id, s3_client=s3)
     publish_bundle(v2, BUCKET, kms_key_id=key_id, s3_client=s3)
-    assert read_pointer(s3, BUCKET, NAME)["version"] == "v2"
-    assert [h["version"] for h in read_pointer(s3, BUCKET, NAME)["history"]] == ["v1"]
+    assert read_pointer(s3, BUCKET, NAME).model_dump()["version"] == "v2"
+    assert [h["version"] for h in read_pointer(s3, BUCKET, NAME).model_dump()["history"]] == ["v1"]
 
     back = rollback(NAME, BUCKET, kms_key_id=key_id, s3_client=s3)
     assert (back["from"], back["version"]) == ("v2", "v1")
-    pointer = read_pointer(s3, BUCKET, NAME)
+    pointer = read_pointer(s3, BUCKET, NAME).model_dump()
     assert pointer["version"] == "v1" and pointer["manifest_sha256"] == sha256_file(v1 / "manifest.json")
     with pytest.raises(PublishError, match="no earlier version"):
         rollback(NAME, BUCKET, s3_client=s3)
 
     rollback(NAME, BUCKET, to_version="v2", kms_key_id=key_id, s3_client=s3)
-    assert read_pointer(s3, BUCKET, NAME)["version"] == "v2"
+    assert read_pointer(s3, BUCKET, NAME).model_dump()["version"] == "v2"
     head = s3.head_object(Bucket=BUCKET, Key=f"models/{NAME}/current.json")
     assert head["ServerSideEncryption"] == "aws:kms" and head["SSEKMSKeyId"].endswith(key_id)
 
@@ -106,7 +106,7 @@ def test_rollback_to_an_unpublished_version_is_refused(s3_kms, two_versions):
     publish_bundle(two_versions[0], BUCKET, kms_key_id=key_id, s3_client=s3)
     with pytest.raises(PublishError, match="v9 is not published"):
         rollback(NAME, BUCKET, to_version="v9", s3_client=s3)
-    assert read_pointer(s3, BUCKET, NAME)["version"] == "v1"
+    assert read_pointer(s3, BUCKET, NAME).model_dump()["version"] == "v1"
 
 
 def test_pointer_does_not_move_when_an_upload_fails(s3_kms, two_versions):
@@ -127,12 +127,12 @@ def test_pointer_does_not_move_when_an_upload_fails(s3_kms, two_versions):
 
     with pytest.raises(PublishError, match="InternalError"):
         publish_bundle(v2, BUCKET, kms_key_id=key_id, s3_client=FailingModelUpload())
-    assert read_pointer(s3, BUCKET, NAME)["version"] == "v1"
+    assert read_pointer(s3, BUCKET, NAME).model_dump()["version"] == "v1"
     assert not any(k.startswith(f"models/{NAME}/v2/manifest.json") for k in _keys(s3))
     # Re-running after the fault finishes the job, re-using the files already up.
     result = publish_bundle(v2, BUCKET, kms_key_id=key_id, s3_client=s3)
     assert result["skipped"] == ["config.json"] and "model.onnx" in result["uploaded"]
-    assert read_pointer(s3, BUCKET, NAME)["version"] == "v2"
+    assert read_pointer(s3, BUCKET, NAME).model_dump()["version"] == "v2"
 
 
 def test_a_tampered_bundle_is_not_published(s3_kms, two_versions):
@@ -154,7 +154,7 @@ def test_a_published_version_cannot_be_overwritten_with_other_bytes(s3_kms, two_
     config["note"] = "changed"
     (v1 / "config.json").write_text(json.dumps(config))
     manifest = Manifest.read(v1)
-    from functions.core.manifest import file_entry
+    from functions.core.inference.manifest import file_entry
 
     manifest.files["config.json"] = file_entry(v1 / "config.json")
     manifest.write(v1)

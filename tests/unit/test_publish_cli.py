@@ -7,7 +7,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from functions.core.manifest import Manifest
+from functions.core.inference.manifest import Manifest
 from export_support import run_cli
 
 BUCKET = "cirrus-artifacts-cli"

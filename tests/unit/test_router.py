@@ -25,7 +25,7 @@ def settings(**kw) -> Settings:
 def test_router_picks_the_route_by_model_budget_and_flag(model, tokens, want_async, route):
     d = decide(model, tokens, settings(), want_async=want_async)
     assert d.route == route
-    assert d.header().startswith(route + "; ") and len(d.reason) > 5
+    assert d.summary().startswith(route + "; ") and len(d.reason) > 5
 
 
 def test_unknown_model_is_404():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from functions.core.errors import BundleError, ContextLengthExceeded, ValidationFailed
-from functions.core.manifest import Manifest, file_entry
-from functions.core.runtime import OnnxModel, cpu_count, require_task
-from light_support import CLASSIFIER, EMBEDDER, cosine, direct_embeddings, local_store  # noqa: F401
+from functions.core.inference.manifest import Manifest, file_entry
+from functions.core.inference.encoder import OnnxModel, cpu_count, require_task
+from light_support import CLASSIFIER, EMBEDDER, cosine, direct_embeddings
 
 
 @pytest.fixture(scope="module")

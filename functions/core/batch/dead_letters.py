@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from functions.core.batch import jobs
 from functions.core.batch.finalise import try_finalise
-from functions.core.batch.schema import ChunkMessage, Status
+from functions.core.batch.formats import ChunkMessage
+from functions.core.batch.job import Status, job_ids_for
+from functions.core.batch.job_store import job_store
 from functions.core.batch.splitter import objects_in
-from functions.core.batch.worker import record_failed
 from functions.core.observability import logger
 
 
@@ -23,7 +23,8 @@ def handle_dead_letter(body: str, *, message_id: str, receive_count: int) -> Non
     except ValidationError:
         msg = None
     if msg is not None:
-        record_failed(msg, f"chunk message dead-lettered after {receive_count} receives")
+        job_store().fail_chunk(msg.job_id, msg.chunk, first_line=msg.first_line, lines=msg.lines,
+                               reason=f"chunk message dead-lettered after {receive_count} receives")
         try_finalise(msg.job_id, token=message_id, takeover=True)
         return
     try:
@@ -32,25 +33,19 @@ def handle_dead_letter(body: str, *, message_id: str, receive_count: int) -> Non
         # Neither kind: nothing can be marked. Logged (id and size only) for the operator.
         logger.error("unrecognised dead letter", extra={"message_id": message_id, "bytes": len(body)})
         return
-    store = jobs.job_store()
+    store = job_store()
+    reason = f"the input file could not be split (event dead-lettered after {receive_count} receives)"
     for ref in refs:
-        stem = ref.key[len(jobs.INPUT_PREFIX):].removesuffix(jobs.INPUT_SUFFIX)
-        candidates = [stem] if jobs.JOB_ID.match(stem) else []
-        candidates.append(jobs.job_id_for(ref.bucket, ref.key, ref.etag))
+        candidates = job_ids_for(ref.bucket, ref.key, ref.etag)
         for job_id in candidates:
             job = store.get(job_id)
-            if job is not None and job.get("input_etag") in (ref.etag, None):
+            if job is not None and job.input_etag in (ref.etag, None):
                 # A job still "running" without chunks_sent lost its splitter mid-send: its chunk
                 # messages may never all exist, so nothing would ever finish it.
-                jobs.fail_job(store, job_id, "split_failed", "the input file could not be split "
-                                                             f"(event dead-lettered after {receive_count} receives)",
-                              unsent_only=True)
+                store.fail(job_id, "split_failed", reason, unsent_only=True)
                 break
         else:
             # The splitter died before creating a record: create it failed, so the file is not lost.
-            job_id = candidates[-1]
-            record = store.new_job(job_id, status=Status.FAILED.value, input_bucket=ref.bucket,
-                                   input_key=ref.key, input_etag=ref.etag, input_bytes=ref.size,
-                                   error={"code": "split_failed", "message": "the input file could not be split "
-                                          f"(event dead-lettered after {receive_count} receives)"})
-            store.create(record)
+            store.create(store.new_job(candidates[-1], status=Status.FAILED, input_bucket=ref.bucket,
+                                       input_key=ref.key, input_etag=ref.etag, input_bytes=ref.size,
+                                       error={"code": "split_failed", "message": reason}))

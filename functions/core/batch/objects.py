@@ -1,7 +1,7 @@
 """S3 operations of the batch pipeline: streamed line reads, write-once chunk objects, streamed outputs.
 
-Built on the container's S3 client (functions/core/adapters/base.py); whole-object helpers live in
-functions/core/adapters/s3.py and are not repeated here.
+Built on the container's S3 client (functions/core/aws/base.py); whole-object helpers live in
+functions/core/aws/s3.py and are not repeated here.
 """
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from functions.core.adapters.base import client, error_code
+from functions.core.aws.base import client, error_code
 
 READ_BLOCK = 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024   # S3 multipart parts must be >= 5 MiB (all but the last)
+
+JSONL = "application/x-ndjson"  # every batch object is JSON Lines
 
 
 class ObjectChanged(RuntimeError):
@@ -82,11 +84,10 @@ def _finish(pending: list[bytes], piece: bytes, size: int, overflow: bool, limit
     return line[:-1] if line.endswith(b"\r") else line
 
 
-def put_if_absent(bucket: str, key: str, body: bytes, *, content_type: str = "application/x-ndjson") -> bool:
+def put_if_absent(bucket: str, key: str, body: bytes) -> bool:
     """Write-once: True if written, False if the key already existed (a retry's earlier write)."""
     try:
-        client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type,
-                                IfNoneMatch="*")
+        client("s3").put_object(Bucket=bucket, Key=key, Body=body, ContentType=JSONL, IfNoneMatch="*")
         return True
     except ClientError as exc:
         # 409 ConditionalRequestConflict: a concurrent writer of the same key is mid-upload.
@@ -98,9 +99,8 @@ def put_if_absent(bucket: str, key: str, body: bytes, *, content_type: str = "ap
 class StreamWriter:
     """Write one object from many pieces without holding it in memory (multipart past 8 MiB)."""
 
-    def __init__(self, bucket: str, key: str, *, content_type: str = "application/x-ndjson") -> None:
-        self.bucket, self.key, self.content_type = bucket, key, content_type
-        self.bytes = 0
+    def __init__(self, bucket: str, key: str) -> None:
+        self.bucket, self.key = bucket, key
         self._buf: list[bytes] = []
         self._buf_len = 0
         self._upload_id: str | None = None
@@ -111,7 +111,6 @@ class StreamWriter:
             return
         self._buf.append(data)
         self._buf_len += len(data)
-        self.bytes += len(data)
         if self._buf_len >= PART_BYTES:
             self._flush_part()
 
@@ -119,7 +118,7 @@ class StreamWriter:
         s3 = client("s3")
         if self._upload_id is None:
             self._upload_id = s3.create_multipart_upload(Bucket=self.bucket, Key=self.key,
-                                                         ContentType=self.content_type)["UploadId"]
+                                                         ContentType=JSONL)["UploadId"]
         number = len(self._parts) + 1
         resp = s3.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
                               PartNumber=number, Body=b"".join(self._buf))
@@ -130,7 +129,7 @@ class StreamWriter:
         s3 = client("s3")
         if self._upload_id is None:
             s3.put_object(Bucket=self.bucket, Key=self.key, Body=b"".join(self._buf),
-                          ContentType=self.content_type)
+                          ContentType=JSONL)
             return
         if self._buf_len:
             self._flush_part()
@@ -161,10 +160,8 @@ def copy_into(writer: StreamWriter, bucket: str, key: str) -> None:
         body.close()
 
 
-def presigned_url(method: str, bucket: str, key: str, *, expires_s: int, content_type: str | None = None) -> str:
+def presigned_url(method: str, bucket: str, key: str, *, expires_s: int) -> str:
     """A presigned GET (results) or PUT (input upload) URL; signing makes no network call."""
     params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    if content_type:
-        params["ContentType"] = content_type
     op = {"GET": "get_object", "PUT": "put_object"}[method]
     return client("s3").generate_presigned_url(op, Params=params, ExpiresIn=expires_s)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import unquote_plus
 
-from functions.core.adapters import sqs
-from functions.core.batch import jobs
+from functions.core.aws import sqs
+from functions.core.batch.formats import TASK_FOR_MANIFEST, ChunkMessage, parse_header, resolve_task
+from functions.core.batch.job import Defaults, Job, Status, api_job_id, job_id_for
+from functions.core.batch.job_store import JobStore, job_store, require
 from functions.core.batch.objects import ObjectChanged, iter_lines, read_blocks
-from functions.core.batch.schema import MANIFEST_TASK, TASK_FOR_MANIFEST, ChunkMessage, Defaults, Status, parse_header
-from functions.core.batch.store import JobStore
-from functions.core.model_store import store as model_store
+from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX
+from functions.core.inference.model_store import store as model_store
 from functions.core.observability import logger, metrics
 from functions.core.settings import Settings, get_settings
 
@@ -55,7 +55,7 @@ def objects_in(body: str) -> list[ObjectRef]:
 def handle_notification(body: str, *, message_id: str, receive_count: int) -> None:
     """Start (or resume) a job for every object in one notification message."""
     settings = get_settings()
-    store = jobs.job_store(settings)
+    store = job_store()
     for ref in objects_in(body):
         job_id = None
         try:
@@ -65,40 +65,35 @@ def handle_notification(body: str, *, message_id: str, receive_count: int) -> No
         except Exception:
             if job_id is not None and receive_count >= settings.max_receive_count:
                 # Last delivery: the message goes to the DLQ next, the job must not stay "splitting".
-                jobs.fail_job(store, job_id, "split_failed",
-                              f"the input could not be split after {receive_count} attempts")
+                store.fail(job_id, "split_failed", f"the input could not be split after {receive_count} attempts")
             raise
 
 
 def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
     """The id of the job this message should split, or None when another message owns it (duplicate)."""
-    if not ref.key.startswith(jobs.INPUT_PREFIX) or ref.key.endswith("/"):
+    if not ref.key.startswith(JOBS_INPUT_PREFIX) or ref.key.endswith("/"):
         logger.warning("notification outside jobs/input/ ignored", extra={"key_bytes": len(ref.key)})
         return None
-    stem = ref.key[len(jobs.INPUT_PREFIX):].removesuffix(jobs.INPUT_SUFFIX)
-    if jobs.JOB_ID.match(stem):
+    stem = api_job_id(ref.key)
+    if stem is not None:
         # Upload for a job made by POST /v1/jobs: take over its waiting record (once).
-        taken = store.update(stem, {"status": Status.SPLITTING.value, "input_etag": ref.etag,
-                                    "input_bytes": ref.size, "split_by": token},
-                             condition="#status = :w", values={":w": Status.AWAITING_UPLOAD.value})
-        if taken is not None:
+        if store.claim_upload(stem, etag=ref.etag, size=ref.size, token=token) is not None:
             return stem
         existing = store.get(stem)
         if existing is not None:
-            if existing.get("input_etag") == ref.etag:
+            if existing.input_etag == ref.etag:
                 return _resume_or_skip(existing, token)
             # Other bytes PUT again through the job's presigned URL: not a job of their own (it would
             # have no owner, its results visible to other keys). The API job reads with If-Match, so a
             # job still reading the key ends as input_changed.
             logger.warning("re-upload to an API job's input key ignored",
-                           extra={"job_id": stem, "status": existing["status"]})
+                           extra={"job_id": stem, "status": existing.status.value})
             metrics.add_metric(name="BatchDuplicateEvents", unit="Count", value=1)
             return None
         # No such API job: a file dropped under a job-like name is a job of its own.
-    job_id = jobs.job_id_for(ref.bucket, ref.key, ref.etag)
-    record = store.new_job(job_id, status=Status.SPLITTING.value, input_bucket=ref.bucket, input_key=ref.key,
-                           input_etag=ref.etag, input_bytes=ref.size, split_by=token,
-                           chunks_done=0, chunks_failed=0, lines_ok=0, lines_failed=0)
+    job_id = job_id_for(ref.bucket, ref.key, ref.etag)
+    record = store.new_job(job_id, status=Status.SPLITTING, input_bucket=ref.bucket, input_key=ref.key,
+                           input_etag=ref.etag, input_bytes=ref.size, split_by=token)
     if store.create(record):
         logger.info("batch job created", extra={"job_id": job_id, "bytes": ref.size})
         return job_id
@@ -106,50 +101,44 @@ def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
     return _resume_or_skip(existing, token) if existing else None
 
 
-def _resume_or_skip(job: dict[str, Any], token: str) -> str | None:
-    if job.get("split_by") == token and job["status"] in (Status.SPLITTING.value, Status.RUNNING.value):
-        logger.info("resuming split after a retry", extra={"job_id": job["id"]})
-        return job["id"]
-    logger.info("duplicate notification ignored", extra={"job_id": job["id"], "status": job["status"]})
+def _resume_or_skip(job: Job, token: str) -> str | None:
+    if job.split_by == token and job.status in (Status.SPLITTING, Status.RUNNING):
+        logger.info("resuming split after a retry", extra={"job_id": job.id})
+        return job.id
+    logger.info("duplicate notification ignored", extra={"job_id": job.id, "status": job.status.value})
     metrics.add_metric(name="BatchDuplicateEvents", unit="Count", value=1)
     return None
 
 
 def split(job_id: str, ref: ObjectRef, store: JobStore, settings: Settings, *, token: str) -> None:
-    job = store.get(job_id) or {}
+    job = store.get(job_id)
     try:
         # Defaults given to POST /v1/jobs; a header in the file overrides them.
-        chunks, lines, defaults = plan(ref, settings, Defaults(**job.get("defaults", {})))
+        chunks, lines, defaults = plan(ref, settings, job.defaults if job else Defaults())
         model, task = resolve_defaults(defaults, settings)
     except JobRejected as exc:
-        jobs.fail_job(store, job_id, exc.code, exc.message)
+        store.fail(job_id, exc.code, exc.message)
         return
     messages = [ChunkMessage(job_id=job_id, chunk=i, bucket=ref.bucket, key=ref.key, etag=ref.etag,
                              start=start, end=end, first_line=first, lines=n, model=model,
                              # Only an explicit task is a default for lines naming another model.
                              task=defaults.task)
                 for i, (start, end, first, n) in enumerate(chunks)]
-    # chunks_total is set before any message leaves, so the last worker can always see it is last.
-    running = store.update(job_id, {"status": Status.RUNNING.value, "chunks_total": len(messages),
-                                    "lines_total": lines, "model": model, "task": task},
-                           condition="#status = :split OR (#status = :run AND split_by = :tok)",
-                           values={":split": Status.SPLITTING.value, ":run": Status.RUNNING.value,
-                                   ":tok": token})
-    if running is None:
+    if store.start_running(job_id, token=token, chunks_total=len(messages), lines_total=lines,
+                           model=model, task=task) is None:
         return
-    sqs.send_messages(jobs.require(settings.work_queue_url, "work_queue_url"),
-                      [m.model_dump_json() for m in messages])
+    sqs.send_messages(require(settings.work_queue_url, "work_queue_url"), [m.model_dump_json() for m in messages])
     # Only now is the job in the workers' hands: until chunks_sent is set, a splitter that died
     # mid-send (timeout) leaves a job the dead-letter handler fails instead of one running forever.
-    store.update(job_id, {"chunks_sent": len(messages)})
+    store.record_chunks_sent(job_id, len(messages))
     logger.info("batch job split", extra={"job_id": job_id, "lines": lines, "chunks": len(messages)})
     metrics.add_metric(name="BatchJobsStarted", unit="Count", value=1)
 
 
 def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[tuple[int, int, int, int]], int, Defaults]:
     """Chunks as (start byte, end byte, first line, line count), the input line count, the defaults."""
-    if not ref.key.endswith(jobs.INPUT_SUFFIX):
-        raise JobRejected("unsupported_file", f"input files must be JSON Lines named *{jobs.INPUT_SUFFIX}")
+    if not ref.key.endswith(JOBS_INPUT_SUFFIX):
+        raise JobRejected("unsupported_file", f"input files must be JSON Lines named *{JOBS_INPUT_SUFFIX}")
     if ref.size > settings.batch_max_file_bytes:
         raise JobRejected("file_too_large",
                           f"file has {ref.size} bytes, the limit is {settings.batch_max_file_bytes}")
@@ -198,10 +187,10 @@ def resolve_defaults(defaults: Defaults, settings: Settings) -> tuple[str, str |
     if info.manifest is None:
         # Listed but unreadable right now (e.g. a bad bundle): the workers retry and report per line.
         return name, defaults.task
-    own = TASK_FOR_MANIFEST.get(info.manifest.task)
-    if own is None:
+    task = resolve_task(info.manifest.task, defaults.task)
+    if task is None and info.manifest.task not in TASK_FOR_MANIFEST:
         raise JobRejected("unsupported_task", f"model '{name}' is a {info.manifest.task} model; "
                                               f"batch jobs run embed or classify")
-    if defaults.task is not None and MANIFEST_TASK[defaults.task] != info.manifest.task:
+    if task is None:
         raise JobRejected("model_task_mismatch", f"model '{name}' cannot {defaults.task}")
-    return name, defaults.task or own
+    return name, task

@@ -12,15 +12,14 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from functions.core.batch import jobs
 from functions.core.batch.finalise import try_finalise
+from functions.core.batch.formats import ChunkMessage, LineError, LineInput, parse_line, resolve_task, too_long
+from functions.core.batch.job import Status, work_key
+from functions.core.batch.job_store import job_store
 from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
-from functions.core.batch.schema import (MANIFEST_TASK, TASK_FOR_MANIFEST, ChunkMessage, LineError, LineInput,
-                                         Status, parse_line, too_long)
 from functions.core.errors import ModelNotFound
-from functions.core.model_store import get_model
+from functions.core.inference.encoder import ranked_labels
+from functions.core.inference.model_store import get_model
 from functions.core.observability import logger, metrics
 from functions.core.settings import Settings, get_settings
 
@@ -36,14 +35,14 @@ def process_message(body: str, *, message_id: str, receive_count: int) -> None:
     """Handle one Work-queue message. Raises to have SQS retry it (and finally dead-letter it)."""
     settings = get_settings()
     msg = ChunkMessage.model_validate_json(body)  # malformed: nothing to mark, let it reach the DLQ
-    store = jobs.job_store(settings)
+    store = job_store()
     if store.get_chunk(msg.job_id, msg.chunk) is None:
         job = store.get(msg.job_id)
         if job is None:
             raise RuntimeError(f"chunk message for unknown job {msg.job_id}")
-        if job["status"] != Status.RUNNING.value:
+        if job.status != Status.RUNNING:
             logger.info("chunk skipped: job not running", extra={"job_id": msg.job_id, "chunk": msg.chunk,
-                                                                 "status": job["status"]})
+                                                                 "status": job.status.value})
             return
         try:
             run_and_record(msg, settings)
@@ -72,10 +71,10 @@ def run_and_record(msg: ChunkMessage, settings: Settings) -> None:
     bucket = msg.bucket
     # Write-once: after a crash the retry finds the earlier (identical) objects and keeps them.
     if out.results:
-        put_if_absent(bucket, jobs.work_key(msg.job_id, msg.chunk, "results"), _join(out.results))
+        put_if_absent(bucket, work_key(msg.job_id, msg.chunk, "results"), _join(out.results))
     if out.errors:
-        put_if_absent(bucket, jobs.work_key(msg.job_id, msg.chunk, "errors"), _join(out.errors))
-    counted = jobs.job_store(settings).complete_chunk(
+        put_if_absent(bucket, work_key(msg.job_id, msg.chunk, "errors"), _join(out.errors))
+    counted = job_store().complete_chunk(
         msg.job_id, msg.chunk, {"first_line": msg.first_line, "lines": msg.lines, "models": sorted(out.models)},
         ok=len(out.results), errors=len(out.errors), failed=False)
     seconds = time.perf_counter() - started
@@ -87,12 +86,7 @@ def run_and_record(msg: ChunkMessage, settings: Settings) -> None:
 
 def record_failed(msg: ChunkMessage, reason: str) -> None:
     """Count every line of the chunk as an error (the finaliser writes one error line for each)."""
-    counted = jobs.job_store().complete_chunk(
-        msg.job_id, msg.chunk, {"first_line": msg.first_line, "lines": msg.lines, "reason": reason},
-        ok=0, errors=msg.lines, failed=True)
-    if counted:
-        logger.error("chunk failed", extra={"job_id": msg.job_id, "chunk": msg.chunk, "reason": reason})
-        metrics.add_metric(name="BatchChunksFailed", unit="Count", value=1)
+    job_store().fail_chunk(msg.job_id, msg.chunk, first_line=msg.first_line, lines=msg.lines, reason=reason)
 
 
 def _join(lines: list[str]) -> bytes:
@@ -141,11 +135,11 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
         model = get_model(model_name)  # ModelUnavailable/BundleError propagate: transient, retried
     except ModelNotFound:
         return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
-    own = TASK_FOR_MANIFEST.get(model.manifest.task)
-    if own is None or (task is not None and MANIFEST_TASK[task] != model.manifest.task):
+    resolved = resolve_task(model.manifest.task, task)
+    if resolved is None:
         return fail_all("model_task_mismatch",
                         f"model '{model_name}' is a {model.manifest.task} model, it cannot {task or 'embed'}")
-    task = task or own
+    task = resolved
     texts = [item.text for item in items]
     keep = list(range(len(items)))
     if settings.token_overflow == "reject":
@@ -160,26 +154,18 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
             outcome[idx[k]] = _result(items[k], model_name, embedding=vec.tolist())
     else:
         probs, _ = model.classify(texts)
-        labels = model.manifest.labels
         for k, row in zip(keep, probs):
-            order = np.argsort(-row, kind="stable")
-            scores = [{"label": labels[j], "score": float(row[j])} for j in order]
-            outcome[idx[k]] = _result(items[k], model_name, label=scores[0]["label"], score=scores[0]["score"],
-                                      scores=scores)
+            outcome[idx[k]] = _result(items[k], model_name, **ranked_labels(row, model.manifest.labels))
 
 
 def _within_context(model, texts: list[str], items: list[LineInput], idx: list[int], outcome: list) -> list[int]:
     """Positions of texts that fit the model's context; the others become error lines (overflow=reject)."""
-    encoded = model.tokenize(texts, overflow="truncate")
-    keep = []
-    for k, enc in enumerate(encoded.encodings):
-        if enc.overflowing:
-            outcome[idx[k]] = LineError(items[k].line, "context_length_exceeded",
-                                        f"input is longer than the model's limit of {model.manifest.max_length} "
-                                        f"tokens", items[k].id)
-        else:
-            keep.append(k)
-    return keep
+    over = set(model.over_context(texts))
+    for k in sorted(over):
+        outcome[idx[k]] = LineError(items[k].line, "context_length_exceeded",
+                                    f"input is longer than the model's limit of {model.manifest.max_length} "
+                                    f"tokens", items[k].id)
+    return [k for k in range(len(texts)) if k not in over]
 
 
 def _result(item: LineInput, model: str, **fields) -> str:

@@ -1,1 +1,1 @@
-"""Text generation: OpenAI chat/completions schemas, the ONNX generation loop, the light/heavy router."""
+"""Text generation: OpenAI chat/completions schemas, the light/heavy/async router, the heavy client and breaker, the use cases."""

@@ -64,7 +64,7 @@ class CircuitBreaker:
             reason = self.last_reason
         raise ModelUnavailable(
             f"the generation endpoint is unavailable ({reason or 'recent failures'}); retry in {wait} s",
-            code="endpoint_unavailable", headers={"Retry-After": str(wait)})
+            code="endpoint_unavailable", retry_after=wait)
 
     def success(self) -> None:
         with self._lock:

@@ -124,7 +124,8 @@ class HeavyClient:
             self._sleep(self._rng() * min(RETRY_CAP_S, RETRY_BASE_S * 2 ** (attempt - 1)))
         assert last is not None
         if self.breaker.state == "open" and not isinstance(last, Throttled):
-            last.headers.setdefault("Retry-After", str(self.breaker.retry_after()))
+            if last.retry_after is None:
+                last.retry_after = self.breaker.retry_after()
         raise last
 
     def _attempt(self, kwargs: dict[str, Any]) -> dict:
@@ -163,22 +164,22 @@ class HeavyClient:
         if code in THROTTLE_CODES:
             # Too busy, not broken: retried, then a 429; the breaker does not count it.
             return _Retry(Throttled("the generation endpoint is throttling requests; retry shortly",
-                                    headers={"Retry-After": "1"}))
+                                    retry_after=1))
         if code == "ModelNotReadyException" or (code == "ValidationError" and "capacity" in message.lower()):
             # Scaling up from zero (inference component with no copies) or still loading: minutes.
             self.breaker.trip("scaling from zero", retry_after)
             return ModelUnavailable("the generation endpoint is starting (scaling from zero); "
                                     f"retry in about {retry_after:g} s", code="endpoint_scaling",
-                                    headers={"Retry-After": str(int(retry_after))})
+                                    retry_after=retry_after)
         if code == "ValidationError" and "not found" in message.lower():
             self.breaker.trip("endpoint not found", retry_after)
             return ModelUnavailable("the generation endpoint does not exist (not deployed in this stage)",
-                                    code="endpoint_not_found", headers={"Retry-After": str(int(retry_after))})
+                                    code="endpoint_not_found", retry_after=retry_after)
         if code == "ModelError":
             original = int(exc.response.get("OriginalStatusCode") or 0)
             if original == 429:
                 return _Retry(Throttled("the generation endpoint is overloaded; retry shortly",
-                                        headers={"Retry-After": "1"}))
+                                        retry_after=1))
             if 400 <= original < 500:
                 # The container refused the request (e.g. TGI 422: prompt + max_tokens over its limit).
                 # Its message describes the request's shape, not its content, so it is passed on.
@@ -207,9 +208,9 @@ class HeavyClient:
             logger.warning("heavy async call failed", extra={"endpoint": endpoint, "code": code})
             if code in THROTTLE_CODES:
                 raise Throttled("the async generation endpoint is throttling requests",
-                                headers={"Retry-After": "1"}) from exc
+                                retry_after=1) from exc
             raise ModelUnavailable("the async generation endpoint is unavailable", code="endpoint_error",
-                                   headers={"Retry-After": "5"}) from exc
+                                   retry_after=5) from exc
         return {"output_location": resp.get("OutputLocation"), "failure_location": resp.get("FailureLocation"),
                 "inference_id": resp.get("InferenceId", inference_id)}
 

@@ -1,8 +1,8 @@
 """Where a generation request runs: light (ONNX on Lambda), heavy (SageMaker GPU) or async (a job).
 
 The decision uses only the model name, the token budget and the async flag, so it is cheap, the
-same in every container, and explainable: ``reason`` goes to the ``x-cirrus-route`` header and
-to the log.
+same in every container, and explainable: ``reason`` goes to the client (the HTTP layer's
+``x-cirrus-route`` header) and to the log.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from functions.core.errors import ModelNotFound, ModelUnavailable, ValidationFai
 from functions.core.settings import Settings
 
 Route = Literal["light", "heavy", "async"]
-ROUTE_HEADER = "x-cirrus-route"
 
 
 @dataclass(frozen=True)
@@ -21,7 +20,8 @@ class Decision:
     route: Route
     reason: str
 
-    def header(self) -> str:
+    def summary(self) -> str:
+        """``route; reason``: what the HTTP layer reports to the client (x-cirrus-route)."""
         return f"{self.route}; {self.reason}"
 
 

@@ -11,8 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
 
-from functions.core.generation.onnx_generator import Generation, SamplingParams
-from functions.core.schemas import clean_text
+from functions.core.inference.generator import Generation, SamplingParams
+from functions.core.inference.text import clean_text
 
 Role = Literal["system", "developer", "user", "assistant"]
 MAX_STOP = 4  # as in the OpenAI API

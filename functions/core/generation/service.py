@@ -8,21 +8,22 @@ import json
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.adapters import s3
-from functions.core.adapters.base import translate
+from functions.core.aws import s3
+from functions.core.aws.base import translate
 from functions.core.errors import ModelUnavailable, NotFound
 from functions.core.generation.heavy import HeavyClient
-from functions.core.generation.router import ROUTE_HEADER, Decision, decide
+from functions.core.generation.router import Decision, decide
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
-from functions.core.model_store import store
+from functions.core.inference.model_store import get_model
 from functions.core.observability import logger, metrics
-from functions.core.runtime import require_task
-from functions.core.service import MODEL_VERSION_HEADER, Result
+from functions.core.result import Result
+from functions.core.inference.encoder import require_task
 from functions.core.settings import Settings
 
 JOBS_PREFIX = "jobs/generation/"  # beside jobs/input/ (which would start a batch job), never under it
@@ -34,9 +35,18 @@ def _is_chat(req: Request) -> bool:
     return isinstance(req, ChatCompletionRequest)
 
 
+@dataclass
+class Generated:
+    """A generation request's outcome: the answer (or the async job's view), where it ran and why."""
+
+    result: Result
+    decision: Decision
+    job_path: str | None = None  # set when the request became an async job: where its status is read
+
+
 def generate(req: Request, settings: Settings, *, want_async: bool = False,
-             owner: str | None = None) -> tuple[Result, int]:
-    """Run one chat/completions request; returns the result and its HTTP status (200, or 202 async).
+             owner: str | None = None) -> Generated:
+    """Run one chat/completions request: answered light or heavy, or accepted as an async job.
 
     ``owner`` is the caller's API key id, recorded on an async job so only that key can read it.
     """
@@ -45,15 +55,16 @@ def generate(req: Request, settings: Settings, *, want_async: bool = False,
     logger.info("generation routed", extra={"model": req.model, "route": decision.route,
                                             "reason": decision.reason, "max_tokens": budget})
     started = time.perf_counter()
+    job_path = None
     if decision.route == "light":
-        result, status = _light(req, settings), 200
+        result = _light(req, settings)
     elif decision.route == "heavy":
-        result, status = _heavy(req, settings), 200
+        result = _heavy(req, settings)
     else:
-        result, status = _submit_async(req, settings, owner), 202
-    result.headers[ROUTE_HEADER] = decision.header()
+        result = _submit_async(req, settings, owner)
+        job_path = result.body["status_url"]
     _record(req.model, decision, result.body.get("usage") or {}, time.perf_counter() - started)
-    return result, status
+    return Generated(result, decision, job_path)
 
 
 def _record(model: str, decision: Decision, usage: dict, seconds: float) -> None:
@@ -68,7 +79,7 @@ def _record(model: str, decision: Decision, usage: dict, seconds: float) -> None
 
 # --- light: the ONNX bundle in this container -------------------------------------------------------
 def _light(req: Request, settings: Settings) -> Result:
-    model = store().get(req.model)
+    model = get_model(req.model)
     require_task(model.manifest, "text-generation")
     params = req.sampling(settings.generation_default_max_tokens)
     if _is_chat(req):
@@ -77,7 +88,7 @@ def _light(req: Request, settings: Settings) -> Result:
     else:
         gen = model.complete(req.text(), params)  # type: ignore[union-attr]
         body = completion_body(req.model, gen, fingerprint=f"cirrus-{model.version}")
-    return Result(body, {MODEL_VERSION_HEADER: model.version})
+    return Result(body, model.version)
 
 
 # --- heavy: the SageMaker endpoint ------------------------------------------------------------------
@@ -125,7 +136,7 @@ def _submit_async(req: Request, settings: Settings, owner: str | None) -> Result
               "endpoint": endpoint, "owner": owner, **where}
     _put_json(bucket, f"{JOBS_PREFIX}{job_id}/job.json", record)
     logger.info("generation job submitted", extra={"job_id": job_id, "model": req.model, "endpoint": endpoint})
-    return Result(_job_view(record, "in_progress"), {"Location": status_path(job_id)})
+    return Result(_job_view(record, "in_progress"))
 
 
 def status_path(job_id: str) -> str:

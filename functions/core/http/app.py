@@ -1,21 +1,18 @@
-"""The HTTP API: one Powertools REST resolver, its routes, and the one error mapping for all of them.
+"""The HTTP API: one Powertools REST resolver, the one error mapping for every route, the routers.
 
-Other parts add their routes as a Powertools ``Router`` in their own module, included below, so
-every route shares the same body parsing and limits (``functions.core.rest``) and error bodies.
+Each area adds its routes as a Powertools ``Router`` in ``functions/core/http/routes/``, included
+below, so every route shares the same body parsing and limits (``http/body.py``) and error bodies.
 """
 from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 
-from functions.core import service
-from functions.core.batch.routes import router as jobs_router
 from functions.core.errors import CirrusError, NotFound, to_response
-from functions.core.generation.routes import router as generation_router
+from functions.core.http.routes.generation import router as generation_router
+from functions.core.http.routes.jobs import router as jobs_router
+from functions.core.http.routes.light import router as light_router
 from functions.core.observability import logger, metrics
-from functions.core.rest import json_response, parse
-from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
-from functions.core.settings import get_settings
 
 app = APIGatewayRestResolver()
 
@@ -58,32 +55,7 @@ def _bug(err: Exception) -> Response:
     return _error(err)
 
 
-# --- light-path routes ----------------------------------------------------------------------------
-@app.post("/v1/embeddings")
-def embeddings() -> Response:
-    return json_response(service.create_embeddings(parse(EmbeddingsRequest, app), get_settings()))
-
-
-@app.post("/v1/classify")
-def classify() -> Response:
-    return json_response(service.classify(parse(ClassifyRequest, app), get_settings()))
-
-
-@app.get("/v1/models")
-def models() -> Response:
-    return json_response(service.list_models(get_settings()))
-
-
-@app.get("/v1/models/<model>")
-def model(model: str) -> Response:
-    return json_response(service.get_model(model, get_settings()))
-
-
-@app.get("/health")
-def health() -> Response:
-    return json_response(service.health(get_settings()))
-
-
-# --- routes owned by other parts: one line each ---------------------------------------------------
+# --- the routes, one router per area --------------------------------------------------------------
+app.include_router(light_router)
 app.include_router(jobs_router)
 app.include_router(generation_router)

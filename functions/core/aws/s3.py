@@ -5,7 +5,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from functions.core.adapters.base import client
+from functions.core.aws.base import client
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 

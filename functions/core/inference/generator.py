@@ -17,9 +17,9 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from functions.core.errors import BadRequest, BundleError, ContextLengthExceeded
-from functions.core.generation.spec import GenerationSpec
-from functions.core.manifest import Manifest
-from functions.core.runtime import cpu_count, session_options
+from functions.core.inference.spec import GenerationSpec
+from functions.core.inference.manifest import Manifest
+from functions.core.inference.encoder import cpu_count, session_options
 
 FinishReason = Literal["stop", "length"]
 

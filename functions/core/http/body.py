@@ -1,21 +1,17 @@
-"""Request bodies in, JSON out: the helpers every API route uses (the app in api.py and its routers).
+"""Request bodies in: size limit, JSON decoding, validation against a model, and the caller's key id.
 
-Kept apart from ``functions.core.api`` so a router module imports them without importing the app
-that includes it (api.py imports the routers at its end).
+Every route (the app in app.py and the routers in routes/) parses its body here, so limits and
+error bodies are the same everywhere.
 """
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from aws_lambda_powertools.event_handler import Response, content_types
 from pydantic import BaseModel, ValidationError
 
 from functions.core.errors import InvalidJSON, PayloadTooLarge, ValidationFailed
 from functions.core.settings import get_settings
-
-if TYPE_CHECKING:
-    from functions.core.service import Result
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -75,7 +71,3 @@ def caller_key_id(resolver: Any) -> str | None:
     authorizer = resolver.current_event.request_context.authorizer
     return (authorizer.principal_id or None) if authorizer else None
 
-
-def json_response(result: Result, status: int = 200) -> Response:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON,
-                    body=result.body, headers=result.headers)

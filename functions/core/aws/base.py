@@ -97,7 +97,7 @@ def translate(exc: BaseException, what: str) -> CirrusError:
     code = error_code(exc)
     if code in THROTTLING_CODES:
         return Throttled(f"{what}: the backing store is throttling requests, retry shortly",
-                         headers={"Retry-After": "1"})
+                         retry_after=1)
     if isinstance(exc, (ClientError, BotoCoreError)):
         return ModelUnavailable(f"{what}: backing store unavailable ({code or exc.__class__.__name__})",
                                 code="dependency_unavailable")

@@ -1,4 +1,4 @@
-"""CLI for API keys: ``python -m functions.keys create --name X | list | revoke KEY_ID``.
+"""CLI for API keys: ``python -m ops.keys create --name X | list | revoke KEY_ID``.
 
 The table comes from ``--table`` or ``CIRRUS_API_KEYS_TABLE``; the endpoint from ``--endpoint-url``
 or boto3's ``AWS_ENDPOINT_URL`` (the local system's moto server). ``create`` prints the key once:
@@ -12,13 +12,13 @@ import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.adapters.base import make_client
+from functions.core.aws.base import make_client
 from functions.core.auth import KeyStore
 from functions.core.errors import CirrusError
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m functions.keys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m ops.keys", description=__doc__.splitlines()[0])
     parser.add_argument("--table", help="API keys table (default: $CIRRUS_API_KEYS_TABLE)")
     parser.add_argument("--endpoint-url", help="DynamoDB endpoint (default: boto3's, e.g. $AWS_ENDPOINT_URL)")
     parser.add_argument("--region", help="AWS region (default: boto3's)")

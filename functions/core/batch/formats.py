@@ -1,4 +1,4 @@
-"""The batch job contract: input line and header schema, chunk messages, output lines, job statuses.
+"""The batch file formats: input line and header schema, chunk messages, result and error lines.
 
 Input file (JSONL, UTF-8, one JSON object per line)::
 
@@ -13,40 +13,27 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-Task = Literal["embed", "classify"]
+from functions.core.batch.job import Defaults, Task
+
 TASKS: tuple[str, ...] = ("embed", "classify")
-# The manifest task a batch task needs (functions/core/manifest.py).
+# The manifest task a batch task needs (functions/core/inference/manifest.py).
 MANIFEST_TASK = {"embed": "feature-extraction", "classify": "text-classification"}
 TASK_FOR_MANIFEST = {v: k for k, v in MANIFEST_TASK.items()}
 
+
+def resolve_task(manifest_task: str, requested: str | None) -> str | None:
+    """The batch task a model of ``manifest_task`` runs for ``requested`` (None: the model's own),
+    or None when it cannot run it (a generator, or an embedder asked to classify)."""
+    own = TASK_FOR_MANIFEST.get(manifest_task)
+    if own is None or (requested is not None and MANIFEST_TASK[requested] != manifest_task):
+        return None
+    return requested or own
+
 LINE_FIELDS = frozenset({"id", "input", "model", "task"})
-
-
-class Status(str, Enum):
-    AWAITING_UPLOAD = "awaiting_upload"   # created by POST /v1/jobs, waiting for the file
-    SPLITTING = "splitting"
-    RUNNING = "running"
-    FINALISING = "finalising"
-    SUCCEEDED = "succeeded"
-    SUCCEEDED_WITH_ERRORS = "succeeded_with_errors"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (Status.SUCCEEDED, Status.SUCCEEDED_WITH_ERRORS, Status.FAILED)
-
-
-class Defaults(BaseModel):
-    """Per-file defaults (header line or POST /v1/jobs); a line's own fields win."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = Field(None, min_length=1, max_length=128)
-    task: Task | None = None
 
 
 class ChunkMessage(BaseModel):
@@ -65,10 +52,6 @@ class ChunkMessage(BaseModel):
     lines: int = Field(ge=1)
     model: str           # resolved file default
     task: Task | None = None
-
-    @property
-    def last_line(self) -> int:
-        return self.first_line + self.lines - 1
 
 
 @dataclass(frozen=True)

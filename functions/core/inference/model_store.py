@@ -1,6 +1,6 @@
 """The model registry of a container: find a bundle (S3 registry pointer or local folder), verify, load once.
 
-``get_model(name)`` is the one way any part of Cirrus (API routes, batch workers) gets a model.
+``get_model(name)`` is the one way any part of Cirrus (API routes, batch workers) gets a loaded model.
 A bundle from S3 is downloaded into ``Settings.cache_dir`` once per container, every file's
 sha256 is checked against the manifest (and the manifest against the pointer) before a session
 is built. A bundle that fails is refused with ``BundleError`` (503), nothing of it is kept, and
@@ -8,38 +8,30 @@ the next request tries again from scratch.
 """
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import threading
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path, PurePosixPath
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.adapters import s3
-from functions.core.adapters.base import translate
+from functions.core.aws import s3
+from functions.core.aws.base import translate
+from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, pointer_key
 from functions.core.errors import BundleError, ModelNotFound
-from functions.core.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
+from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
 from functions.core.observability import logger, metrics, tracer
-from functions.core.runtime import OnnxModel
-from functions.core.generation.onnx_generator import OnnxGenerator
 from functions.core.settings import Settings, get_settings
 
-MODELS_PREFIX = "models/"  # same as infra.resources.RESOURCES.models_prefix (functions cannot import infra)
-POINTER_NAME = "current.json"
+if TYPE_CHECKING:
+    from functions.core.inference.encoder import OnnxModel
+
 # Model names and versions become S3 keys and /tmp paths: keep them to a safe alphabet.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def pointer_key(name: str) -> str:
-    return f"{MODELS_PREFIX}{name}/{POINTER_NAME}"
-
-
-def bundle_key(name: str, version: str, rel: str) -> str:
-    return f"{MODELS_PREFIX}{name}/{version}/{rel}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +83,12 @@ class ModelStore:
         try:
             bundle_dir, manifest, source = (self._local_bundle(name) if self.settings.model_dir
                                             else self._s3_bundle(name))
+            # onnxruntime, numpy and tokenizers load with the first model, not with this module: the
+            # batch splitter and dead-letter functions only list and describe models, and ship
+            # without them (the small asset, infra/functions.py).
+            from functions.core.inference.encoder import OnnxModel
+            from functions.core.inference.generator import OnnxGenerator
+
             if manifest.task == "text-generation":  # a KV-cache loop, not a single forward pass
                 model = OnnxGenerator(bundle_dir, manifest, intra_op_threads=self.settings.intra_op_threads)
             else:
@@ -113,7 +111,7 @@ class ModelStore:
         _check_identity(manifest, name, None)
         return bundle_dir, manifest, "local"
 
-    def _read_pointer(self, name: str) -> dict:
+    def _read_pointer(self, name: str) -> Pointer:
         bucket = self.settings.artifacts_bucket or ""
         try:
             raw = s3.get_bytes(bucket, pointer_key(name))
@@ -122,17 +120,16 @@ class ModelStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"reading the registry entry of {name}") from exc
         try:
-            pointer = json.loads(raw)
-            version, digest = pointer["version"], pointer["manifest_sha256"]
-        except (ValueError, KeyError, TypeError) as exc:
+            pointer = Pointer.model_validate_json(raw)
+        except ValueError as exc:
             raise BundleError(f"registry entry of {name} is malformed") from exc
-        if not isinstance(version, str) or not _SAFE_NAME.match(version) or not isinstance(digest, str):
+        if not _SAFE_NAME.match(pointer.version):
             raise BundleError(f"registry entry of {name} is malformed")
         return pointer
 
     def _s3_bundle(self, name: str) -> tuple[Path, Manifest, str]:
         pointer = self._read_pointer(name)
-        version, digest = pointer["version"], pointer["manifest_sha256"]
+        version, digest = pointer.version, pointer.manifest_sha256
         final = Path(self.settings.cache_dir) / name / version
         if final.is_dir():
             # A container reuses /tmp across invocations; re-hash so a damaged cache is never trusted.
@@ -194,7 +191,7 @@ class ModelStore:
                 return ModelInfo(name, Manifest.read(Path(self.settings.model_dir) / name))
             pointer = self._read_pointer(name)
             raw = s3.get_bytes(self.settings.artifacts_bucket or "",
-                               bundle_key(name, pointer["version"], MANIFEST_NAME))
+                               bundle_key(name, pointer.version, MANIFEST_NAME))
             return ModelInfo(name, Manifest.model_validate_json(raw))
         except Exception as exc:  # listing must show a broken model, not fail the whole list
             code = getattr(exc, "code", None) or exc.__class__.__name__

@@ -5,18 +5,12 @@ pydantic round trip); their shapes are documented in docs/ARCHITECTURE.md.
 """
 from __future__ import annotations
 
-import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
-# JSON can carry lone UTF-16 surrogates ("\ud800"); they are not valid Unicode scalars and the
-# tokenizer (Rust) cannot take them. They become U+FFFD, as a UTF-8 decoder would do.
-_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
+from functions.core.inference.text import clean_text
 
-
-def clean_text(text: str) -> str:
-    return _LONE_SURROGATE.sub("\ufffd", text)
 
 
 class _Request(BaseModel):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from functions.core.errors import BundleError
-from functions.core.manifest import Manifest
+from functions.core.inference.manifest import Manifest
 
 
 class ChatTemplate(BaseModel):

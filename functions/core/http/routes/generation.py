@@ -1,4 +1,4 @@
-"""HTTP routes of the generation API (a Powertools Router included by functions/core/api.py)."""
+"""HTTP routes of the generation API: 200 with the answer, or 202 + Location for an async job."""
 from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response
@@ -6,7 +6,8 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from functions.core.generation import service
 from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
-from functions.core.rest import caller_key_id, json_response, parse
+from functions.core.http.body import caller_key_id, parse
+from functions.core.http.response import ROUTE_HEADER, json_response
 from functions.core.settings import get_settings
 
 router = Router()
@@ -18,16 +19,23 @@ def _wants_async() -> bool:
     return "respond-async" in prefer.lower()
 
 
+def _generated(req: service.Request) -> Response:
+    out = service.generate(req, get_settings(), want_async=_wants_async(), owner=caller_key_id(router))
+    headers = {ROUTE_HEADER: out.decision.summary()}
+    if out.job_path is not None:
+        headers["Location"] = out.job_path
+        return json_response(out.result, 202, headers)
+    return json_response(out.result, 200, headers)
+
+
 @router.post("/v1/chat/completions")
 def chat_completions() -> Response:
-    return json_response(*service.generate(parse(ChatCompletionRequest, router), get_settings(),
-                                      want_async=_wants_async(), owner=caller_key_id(router)))
+    return _generated(parse(ChatCompletionRequest, router))
 
 
 @router.post("/v1/completions")
 def completions() -> Response:
-    return json_response(*service.generate(parse(CompletionRequest, router), get_settings(),
-                                      want_async=_wants_async(), owner=caller_key_id(router)))
+    return _generated(parse(CompletionRequest, router))
 
 
 @router.get("/v1/generation/jobs/<job_id>")

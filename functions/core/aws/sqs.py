@@ -5,7 +5,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from functions.core.adapters.base import client
+from functions.core.aws.base import client
 
 MAX_BATCH = 10          # SendMessageBatch limit
 _SEND_ATTEMPTS = 4      # per-entry retries on top of botocore's own (partial batch failures)

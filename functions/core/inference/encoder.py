@@ -16,7 +16,7 @@ import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
 from functions.core.errors import BundleError, ContextLengthExceeded, ValidationFailed
-from functions.core.manifest import Manifest
+from functions.core.inference.manifest import Manifest
 
 
 def cpu_count() -> int:
@@ -115,12 +115,15 @@ class OnnxModel:
         """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (400)."""
         encodings = self._tokenizer.encode_batch(list(texts))
         if overflow == "reject":
-            for i, enc in enumerate(encodings):
-                if enc.overflowing:
-                    raise ContextLengthExceeded(
-                        f"input[{i}] is longer than the model's limit of {self.manifest.max_length} tokens",
-                        param="input")
+            for i in _overflowing(encodings)[:1]:
+                raise ContextLengthExceeded(
+                    f"input[{i}] is longer than the model's limit of {self.manifest.max_length} tokens",
+                    param="input")
         return Encoded(encodings)
+
+    def over_context(self, texts: Sequence[str]) -> list[int]:
+        """Positions of the texts longer than the manifest's max_length (batch lines report each one)."""
+        return _overflowing(self._tokenizer.encode_batch(list(texts)))
 
     # --- inference -------------------------------------------------------------------------------
     def _batches(self, encoded: Encoded):
@@ -194,3 +197,15 @@ class OnnxModel:
             e = np.exp(z)
             out[idx] = e / e.sum(axis=1, keepdims=True)
         return out, encoded.token_counts
+
+
+def _overflowing(encodings: Sequence[Encoding]) -> list[int]:
+    """The one context-length check: positions whose tokens did not fit the tokenizer's truncation."""
+    return [i for i, enc in enumerate(encodings) if enc.overflowing]
+
+
+def ranked_labels(row: np.ndarray, labels: Sequence[str], top_k: int | None = None) -> dict:
+    """One input's class probabilities as ``label``, ``score`` (the top one) and ``scores`` (best first)."""
+    order = np.argsort(-row, kind="stable")[: top_k or len(labels)]
+    scores = [{"label": labels[j], "score": float(row[j])} for j in order]
+    return {"label": scores[0]["label"], "score": scores[0]["score"], "scores": scores}

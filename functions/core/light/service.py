@@ -7,27 +7,19 @@ from __future__ import annotations
 
 import base64
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 
 from functions.core.errors import ModelNotFound, PayloadTooLarge
-from functions.core.model_store import loaded_versions, store
+from functions.core.inference import model_store
+from functions.core.inference.model_store import loaded_versions, store
 from functions.core.observability import logger, metrics, tracer
-from functions.core.runtime import require_task
-from functions.core.schemas import ClassifyRequest, EmbeddingsRequest
+from functions.core.result import Result
+from functions.core.inference.encoder import ranked_labels, require_task
+from functions.core.light.schemas import ClassifyRequest, EmbeddingsRequest
 from functions.core.settings import Settings
-
-MODEL_VERSION_HEADER = "X-Cirrus-Model-Version"
-
-
-@dataclass
-class Result:
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
 
 def check_limits(texts: list[str], settings: Settings) -> None:
     """Inputs per request and characters per input (tokens are checked by the runtime)."""
@@ -42,7 +34,7 @@ def check_limits(texts: list[str], settings: Settings) -> None:
 
 def model_for(name: str, task: str) -> Any:
     """The loaded model ``name``, refused with 422 when it serves another task (e.g. generation)."""
-    model = store().get(name)
+    model = model_store.get_model(name)  # (this module's own get_model is the retrieve-model route)
     require_task(model.manifest, task)  # before touching embed/classify, which a generator lacks
     return model
 
@@ -84,7 +76,7 @@ def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
             for i, v in enumerate(vectors)]
     return Result({"object": "list", "data": data, "model": name, "usage": _usage(counts)},
-                  {MODEL_VERSION_HEADER: model.version})
+                  model.version)
 
 
 @tracer.capture_method(capture_response=False)
@@ -96,15 +88,10 @@ def classify(req: ClassifyRequest, settings: Settings) -> Result:
     probs, counts = model.classify(texts, overflow=settings.token_overflow)
     seconds = time.perf_counter() - started
     _record("classify", req.model, model.version, len(texts), sum(counts), seconds)
-    labels = model.manifest.labels
-    data = []
-    for i, row in enumerate(probs):
-        order = np.argsort(-row, kind="stable")[: req.top_k or len(labels)]
-        scores = [{"label": labels[j], "score": float(row[j])} for j in order]
-        data.append({"object": "classification", "index": i, "label": scores[0]["label"],
-                     "score": scores[0]["score"], "scores": scores})
+    data = [{"object": "classification", "index": i, **ranked_labels(row, model.manifest.labels, req.top_k)}
+            for i, row in enumerate(probs)]
     return Result({"object": "list", "data": data, "model": req.model, "usage": _usage(counts)},
-                  {MODEL_VERSION_HEADER: model.version})
+                  model.version)
 
 
 def _created(iso: str) -> int:

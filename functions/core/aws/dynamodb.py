@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from functions.core.adapters.base import client
+from functions.core.aws.base import client
 
 
 def get_item(table: str, key: dict[str, Any], *, consistent: bool = False, ddb: Any = None) -> dict | None:

@@ -1,0 +1,21 @@
+"""Responses: a use case's result as JSON with the headers the API promises (model version, route)."""
+from __future__ import annotations
+
+from aws_lambda_powertools.event_handler import Response, content_types
+
+from functions.core.result import Result
+
+MODEL_VERSION_HEADER = "X-Cirrus-Model-Version"
+ROUTE_HEADER = "x-cirrus-route"  # where a generation request ran, and why (functions/core/generation/router.py)
+
+
+def json_response(result: Result | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """``result`` as a JSON response; its model version (if any) goes into MODEL_VERSION_HEADER."""
+    if isinstance(result, Result):
+        body, version = result.body, result.model_version
+    else:
+        body, version = result, None
+    out = dict(headers or {})
+    if version is not None:
+        out[MODEL_VERSION_HEADER] = version
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body, headers=out)

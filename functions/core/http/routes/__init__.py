@@ -1,0 +1,1 @@
+"""HTTP routes per area (a Powertools Router each), included by functions/core/http/app.py."""

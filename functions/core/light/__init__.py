@@ -1,0 +1,1 @@
+"""The light path: embeddings, classification, model list and health, as data (no HTTP)."""
