@@ -5,9 +5,8 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-import boto3
 
-from functions.core.aws.base import CLIENT_CONFIG
+from functions.core.aws.base import make_client
 from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX
 from infra.resources import RESOURCES
 from local.config import REGION, LocalConfig
@@ -52,11 +51,10 @@ def client(service: str, endpoint_url: str):
     Same timeouts/retries as the functions' adapters; explicit credentials instead of the
     environment's because the caller (a test, the CLI) may hold real ones.
     """
-    session = boto3.session.Session(
-        aws_access_key_id=FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        aws_session_token=FAKE_CREDENTIALS["AWS_SESSION_TOKEN"], region_name=REGION)
-    return session.client(service, endpoint_url=endpoint_url, config=CLIENT_CONFIG)
+    return make_client(service, endpoint_url=endpoint_url, region_name=REGION, credentials={
+        "aws_access_key_id": FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        "aws_session_token": FAKE_CREDENTIALS["AWS_SESSION_TOKEN"]})
 
 
 @dataclass

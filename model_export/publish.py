@@ -16,7 +16,8 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.aws.base import make_client
+from functions.core.aws.base import error_code, error_message, make_client
+from functions.core.aws.s3 import NOT_FOUND_CODES
 from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
 from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, pointer_key
 from model_export.errors import PublishError
@@ -40,8 +41,7 @@ def _now() -> str:
 
 def _aws(what: str, exc: Exception) -> PublishError:
     if isinstance(exc, ClientError):
-        err = exc.response.get("Error", {})
-        return PublishError(f"{what}: {err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": "))
+        return PublishError(f"{what}: {error_code(exc) or 'error'}: {error_message(exc)}".rstrip(": "))
     return PublishError(f"{what}: {exc.__class__.__name__}: {exc}")
 
 
@@ -49,7 +49,7 @@ def _head(s3, bucket: str, key: str) -> dict | None:
     try:
         return s3.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+        if error_code(exc) in NOT_FOUND_CODES:
             return None
         raise
 
@@ -74,7 +74,7 @@ def read_pointer(s3, bucket: str, name: str) -> Pointer | None:
     try:
         body = s3.get_object(Bucket=bucket, Key=pointer_key(name))["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+        if error_code(exc) in NOT_FOUND_CODES:
             return None
         raise
     return Pointer.model_validate_json(body)
@@ -146,7 +146,7 @@ def _published_manifest(s3, bucket: str, name: str, version: str) -> tuple[Manif
     try:
         raw = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in {"404", "NoSuchKey", "NotFound"}:
+        if error_code(exc) in NOT_FOUND_CODES:
             raise PublishError(f"{name}@{version} is not published in s3://{bucket}") from None
         raise
     manifest = Manifest.model_validate_json(raw)

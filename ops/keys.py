@@ -12,7 +12,7 @@ import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from functions.core.aws.base import make_client
+from functions.core.aws.base import error_code, error_message, make_client
 from functions.core.auth import KeyStore
 from functions.core.errors import CirrusError
 
@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {getattr(exc, 'message', exc)}", file=sys.stderr)
         return 1
     except ClientError as exc:  # e.g. a wrong table name: AWS's code and message, one line
-        err = exc.response.get("Error", {})
-        print(f"error: {err.get('Code', 'error')}: {err.get('Message', '')}", file=sys.stderr)
+        print(f"error: {error_code(exc) or 'error'}: {error_message(exc)}", file=sys.stderr)
         return 1
     except (BotoCoreError, ValueError) as exc:  # no region or credentials, unreachable or malformed endpoint
         print(f"error: {exc}", file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.core.aws import dynamodb
-from functions.core.aws.base import translate
+from functions.core.aws.base import error_code, translate
 from functions.core.errors import CirrusError, NotFound, Unauthorized, ValidationFailed
 from functions.core.observability import logger
 from functions.core.settings import get_settings
@@ -93,7 +93,7 @@ class KeyStore:
                 values={":t": {"BOOL": True}, ":now": {"S": _now()}},
                 condition="attribute_exists(key_id)", ddb=self.ddb)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if error_code(exc) == "ConditionalCheckFailedException":
                 raise NotFound(f"no API key with id {key_id}", param="key_id", code="key_not_found") from exc
             raise
         return _record(attrs)

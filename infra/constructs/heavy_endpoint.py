@@ -209,12 +209,8 @@ class HeavyEndpoint(Construct):
             dimension="sagemaker:inference-component:DesiredCopyCount",
             min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
             after=self.inference_component)
-        target.scale_to_track_metric(
-            "InvocationsPerCopy",
-            target_value=settings.target_invocations_per_copy,
-            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY,
-            scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
-            scale_out_cooldown=Duration.seconds(60))
+        _track_invocations(target, "InvocationsPerCopy", settings,
+                           appscaling.PredefinedMetric.SAGEMAKER_INFERENCE_COMPONENT_INVOCATIONS_PER_COPY)
         # Requests that found no copy to serve them trigger the first one.
         scale_out_from_zero(target, cloudwatch.Metric(
             namespace="AWS/SageMaker", metric_name="NoCapacityInvocationFailures",
@@ -228,12 +224,8 @@ class HeavyEndpoint(Construct):
             dimension="sagemaker:variant:DesiredInstanceCount",
             min_capacity=settings.min_capacity, max_capacity=settings.max_capacity,
             after=self.endpoint)
-        target.scale_to_track_metric(
-            "InvocationsPerInstance",
-            target_value=settings.target_invocations_per_copy,
-            predefined_metric=appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE,
-            scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
-            scale_out_cooldown=Duration.seconds(60))
+        _track_invocations(target, "InvocationsPerInstance", settings,
+                           appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE)
 
     def grant_invoke(self, grantee: iam.IGrantable) -> None:
         """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it).
@@ -248,3 +240,12 @@ class HeavyEndpoint(Construct):
                 else {"EndpointName": self.endpoint_name, "VariantName": VARIANT})
         return cloudwatch.Metric(namespace="AWS/SageMaker", metric_name=name, dimensions_map=dims,
                                  statistic=statistic, period=Duration.minutes(5))
+
+
+def _track_invocations(target: appscaling.ScalableTarget, id: str, settings: HeavyEndpointSettings,
+                       metric: appscaling.PredefinedMetric) -> None:
+    """Target tracking on invocations per copy/instance: the stage's target and scale-in cooldown,
+    one minute to scale out (a burst should not wait)."""
+    target.scale_to_track_metric(id, target_value=settings.target_invocations_per_copy, predefined_metric=metric,
+                                 scale_in_cooldown=Duration.seconds(settings.scale_in_cooldown_s),
+                                 scale_out_cooldown=Duration.seconds(60))

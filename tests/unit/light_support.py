@@ -17,6 +17,8 @@ from tokenizers import Tokenizer
 
 from functions.core.inference.manifest import Manifest
 from functions.core.contract import Pointer, bundle_key, pointer_key
+from local.aws import Provisioned, provision
+from local.config import LocalConfig
 from local.lambdas import LambdaContext
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
@@ -124,17 +126,15 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
 
-def kms_key() -> str:
-    return boto3.client("kms", region_name=REGION).create_key(Description="cirrus")["KeyMetadata"]["Arn"]
+def provisioned() -> Provisioned:
+    """The stack's stores (infra.resources) on the in-process moto, made by the local system's own
+    ``provision``: KMS-encrypted with one customer key, as deployed. Idempotent within a test."""
+    return provision(None, LocalConfig(stage="unit"))
 
 
-def artifacts_bucket(name: str = "cirrus-artifacts") -> str:
-    """A bucket with SSE-KMS default encryption, as the stack creates it."""
-    s3 = boto3.client("s3", region_name=REGION)
-    s3.create_bucket(Bucket=name)
-    s3.put_bucket_encryption(Bucket=name, ServerSideEncryptionConfiguration={"Rules": [{
-        "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key()}}]})
-    return name
+def artifacts_bucket() -> str:
+    """The artifacts bucket (SSE-KMS default encryption), as the stack creates it."""
+    return provisioned().buckets["Artifacts"]
 
 
 def publish(bucket: str, bundle_dir: Path) -> dict[str, Any]:
@@ -155,11 +155,6 @@ def move_pointer(bucket: str, name: str, version: str, manifest_sha256: str) -> 
     boto3.client("s3", region_name=REGION).put_object(Bucket=bucket, Key=pointer_key(name), Body=body.json_bytes())
 
 
-def keys_table(name: str = "cirrus-api-keys") -> str:
+def keys_table() -> str:
     """The API keys table, KMS-encrypted with a customer key, as the stack creates it."""
-    ddb = boto3.client("dynamodb", region_name=REGION)
-    ddb.create_table(TableName=name, BillingMode="PAY_PER_REQUEST",
-                     AttributeDefinitions=[{"AttributeName": "key_id", "AttributeType": "S"}],
-                     KeySchema=[{"AttributeName": "key_id", "KeyType": "HASH"}],
-                     SSESpecification={"Enabled": True, "SSEType": "KMS", "KMSMasterKeyId": kms_key()})
-    return name
+    return provisioned().tables["ApiKeys"]

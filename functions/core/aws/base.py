@@ -24,21 +24,14 @@ _config: Any = None  # built by _client_config()
 
 
 def _client_config() -> Any:
-    """The botocore Config of the options above, built on first use (see ``CLIENT_CONFIG``)."""
+    """The botocore Config of the options above, built on first use: botocore.config alone costs
+    ~0.1 s of imports, and a cold start with a local model folder makes no AWS call at all."""
     global _config
     if _config is None:
         from botocore.config import Config
 
         _config = Config(**_CLIENT_OPTIONS)
     return _config
-
-
-def __getattr__(name: str) -> Any:
-    # ``CLIENT_CONFIG`` stays importable but is built on first access: botocore.config alone costs
-    # ~0.1 s of imports, and a cold start with a local model folder makes no AWS call at all.
-    if name == "CLIENT_CONFIG":
-        return _client_config()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Error codes meaning "slow down": surfaced as 429 rather than as a server error.
@@ -52,17 +45,22 @@ _clients: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
-def make_client(service: str, *, endpoint_url: str | None = None, region_name: str | None = None) -> Any:
-    """A new client with Cirrus's timeouts/retries (CLIs and tests; functions use ``client``)."""
-    # boto3 costs ~0.15 s of imports: paid with the first client, not at import (see CLIENT_CONFIG).
+def make_client(service: str, *, endpoint_url: str | None = None, region_name: str | None = None,
+                options: dict[str, Any] | None = None, credentials: dict[str, str] | None = None) -> Any:
+    """A new client with Cirrus's timeouts/retries: the one boto3 client factory (functions use
+    ``client``, which caches these). ``options`` override botocore Config fields (e.g. the heavy
+    path's own timeouts); ``credentials`` (aws_access_key_id, ...) replace the environment's."""
+    # boto3 costs ~0.15 s of imports: paid with the first client, not at import.
     import boto3
     from botocore.config import Config
 
     config = _client_config()
+    if options:
+        config = config.merge(Config(**options))
     # SigV4 for S3 always: presigned URLs for SSE-KMS objects are refused with any other signature.
     config = config.merge(Config(signature_version="s3v4")) if service == "s3" else config
-    return boto3.session.Session().client(service, endpoint_url=endpoint_url, region_name=region_name,
-                                          config=config)
+    session = boto3.session.Session(**(credentials or {}))
+    return session.client(service, endpoint_url=endpoint_url, region_name=region_name, config=config)
 
 
 def client(service: str) -> Any:
@@ -83,9 +81,17 @@ def reset_clients() -> None:
 
 
 def error_code(exc: BaseException) -> str | None:
+    """The AWS error code of a ``ClientError`` (None for anything else): the one reader of it."""
     if isinstance(exc, ClientError):
         return exc.response.get("Error", {}).get("Code")
     return None
+
+
+def error_message(exc: BaseException) -> str:
+    """AWS's message of a ``ClientError`` ("" for anything else); for operators' CLIs, never clients."""
+    if isinstance(exc, ClientError):
+        return exc.response.get("Error", {}).get("Message", "") or ""
+    return ""
 
 
 def translate(exc: BaseException, what: str) -> CirrusError:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from functions.core.aws.base import client
+from functions.core.aws.base import client, error_code
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
@@ -15,8 +15,7 @@ class ObjectNotFound(LookupError):
 
 
 def _raise_not_found(exc: ClientError, bucket: str, key: str) -> None:
-    code = exc.response.get("Error", {}).get("Code")
-    if code in NOT_FOUND_CODES:
+    if error_code(exc) in NOT_FOUND_CODES:
         raise ObjectNotFound(f"s3://{bucket}/{key}") from exc
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ReadTimeoutError)
 
+from functions.core.aws.base import THROTTLING_CODES, error_code, error_message, make_client
 from functions.core.errors import (BadRequest, CirrusError, ModelUnavailable, Throttled, UpstreamTimeout,
                                    ValidationFailed)
 from functions.core.generation.breaker import CircuitBreaker, breaker_for
@@ -26,7 +27,6 @@ from functions.core.settings import Settings
 
 RETRY_BASE_S = 0.2
 RETRY_CAP_S = 2.0
-THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 SERVER_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException"})
 
 _clients: dict[tuple[float, float], Any] = {}
@@ -39,14 +39,9 @@ def runtime_client(settings: Settings) -> Any:
     with _lock:
         found = _clients.get(key)
         if found is None:
-            # Imported here: boto3 + botocore.config cost ~0.15 s, and the API function imports this
-            # module on every cold start, heavy path used or not.
-            import boto3
-            from botocore.config import Config
-
-            config = Config(connect_timeout=key[0], read_timeout=key[1], tcp_keepalive=True,
-                            retries={"total_max_attempts": 1, "mode": "standard"})
-            found = _clients[key] = boto3.session.Session().client("sagemaker-runtime", config=config)
+            # One attempt per call: HeavyClient retries itself, with the breaker told of each failure.
+            found = _clients[key] = make_client("sagemaker-runtime", options=dict(
+                connect_timeout=key[0], read_timeout=key[1], retries={"total_max_attempts": 1, "mode": "standard"}))
         return found
 
 
@@ -157,11 +152,10 @@ class HeavyClient:
         return answer
 
     def _classify(self, exc: ClientError) -> BaseException:
-        err = exc.response.get("Error", {})
-        code = err.get("Code", "")
-        message = err.get("Message", "") or ""
+        code = error_code(exc) or ""
+        message = error_message(exc)
         retry_after = self.settings.heavy_breaker_reset_s
-        if code in THROTTLE_CODES:
+        if code in THROTTLING_CODES:
             # Too busy, not broken: retried, then a 429; the breaker does not count it.
             return _Retry(Throttled("the generation endpoint is throttling requests; retry shortly",
                                     retry_after=1))
@@ -204,9 +198,9 @@ class HeavyClient:
                 EndpointName=endpoint, InputLocation=input_location, InferenceId=inference_id,
                 ContentType="application/json", Accept="application/json")
         except (ClientError, BotoCoreError) as exc:
-            code = exc.response.get("Error", {}).get("Code") if isinstance(exc, ClientError) else None
+            code = error_code(exc)
             logger.warning("heavy async call failed", extra={"endpoint": endpoint, "code": code})
-            if code in THROTTLE_CODES:
+            if code in THROTTLING_CODES:
                 raise Throttled("the async generation endpoint is throttling requests",
                                 retry_after=1) from exc
             raise ModelUnavailable("the async generation endpoint is unavailable", code="endpoint_error",
