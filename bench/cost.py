@@ -17,6 +17,7 @@ import math
 PRICES = {
     "as_of": "2025-01 (assumed list prices, us-east-1, not fetched at run time)",
     "lambda_x86_gb_second": 0.0000166667,
+    "lambda_arm64_gb_second": 0.0000133334,
     "lambda_request": 0.20 / 1e6,
     "api_gateway_rest_request": 3.50 / 1e6,
     "sagemaker_ml_g5_xlarge_hour": 1.408,
@@ -85,3 +86,44 @@ def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, dict[str,
             "gpu_endpoint": {"instance": "ml.g5.xlarge", "usd_per_hour": gpu_hour,
                              "usd_per_month_always_on": round(gpu_hour * 730, 0)},
             "rows": rows, "break_even": break_even}
+
+
+# --- generation: dollars per million generated tokens ------------------------------------------------
+GEN_REQUEST_TOKENS = 128   # tokens generated per request in the model (a short chat reply)
+ARCH_PRICE = {"x86_64": "lambda_x86_gb_second", "arm64": "lambda_arm64_gb_second"}
+
+
+def generation_model(tok_s_1: float, tok_s_all: float, ttft_s_1: float, ttft_s_all: float, peak_rss_mb: float,
+                     measured_threads: int, *, gpu_tok_s: float | None = None) -> dict:
+    """$ per million generated tokens on Lambda from the decode speed and first-token time measured
+    here at 1 thread and at ``measured_threads``, per memory size and architecture.
+
+    A request generates ``GEN_REQUEST_TOKENS`` tokens after its first one; its billed duration is
+    TTFT + tokens / decode speed at the vCPU share of that memory size (``lambda_latency_s``).
+    arm64 is priced at its own GB-second rate but assumed as fast as this x86 machine (not
+    measured here: Graviton speed differs). ``gpu_tok_s`` (aggregate tokens/s of the GPU endpoint,
+    if known) gives its $/M; without it the break-even throughput is reported instead.
+    """
+    rows = []
+    for arch, price_key in ARCH_PRICE.items():
+        for mem in MEMORY_SETTINGS_MB:
+            per_token = lambda_latency_s(mem, 1 / tok_s_1, 1 / tok_s_all, measured_threads)
+            ttft = lambda_latency_s(mem, ttft_s_1, ttft_s_all, measured_threads)
+            duration = ttft + GEN_REQUEST_TOKENS * per_token
+            billed = math.ceil(duration * 1000) / 1000
+            requests = 1e6 / GEN_REQUEST_TOKENS
+            usd = requests * (billed * mem / 1024 * PRICES[price_key] + PRICES["lambda_request"])
+            rows.append({"arch": arch, "memory_mb": mem, "fits": peak_rss_mb < mem * 0.9,
+                         "tok_s": round(1 / per_token, 1), "request_s": round(duration, 3),
+                         "usd_per_million_tokens": round(usd, 3)})
+    gpu_hour = PRICES["sagemaker_ml_g5_xlarge_hour"]
+    cheapest = min((r for r in rows if r["fits"]), key=lambda r: r["usd_per_million_tokens"], default=None)
+    gpu: dict = {"instance": "ml.g5.xlarge", "usd_per_hour": gpu_hour}
+    if gpu_tok_s:
+        gpu["usd_per_million_tokens_at_full_load"] = round(gpu_hour / (gpu_tok_s * 3600) * 1e6, 3)
+    if cheapest:
+        # Aggregate tokens/s the always-on endpoint must sustain to be as cheap per token as Lambda.
+        gpu["break_even_tok_s"] = round(gpu_hour / 3600 / (cheapest["usd_per_million_tokens"] / 1e6), 1)
+    return {"request_tokens": GEN_REQUEST_TOKENS, "measured_threads": measured_threads,
+            "peak_rss_mb": round(peak_rss_mb, 1), "rows": rows, "cheapest": cheapest, "gpu_endpoint": gpu,
+            "assumptions": generation_model.__doc__.split("\n\n", 1)[1].strip()}

@@ -99,13 +99,17 @@ class HeavyServer:
             return 422, {"error": "expected a JSON object", "error_type": "validation"}
         payload = {k: v for k, v in payload.items() if v is not None}
         try:
+            fingerprint, token_text = f"local-{self.generator.version}", self.generator.token_text
             if "messages" in payload:
                 req = ChatCompletionRequest.model_validate(payload)
-                gen = self.generator.chat(req.turns(), req.sampling(20))
-                return 200, chat_completion_body(req.model, gen, fingerprint=f"local-{self.generator.version}")
+                if req.light_refusals():  # TGI would run tools / grammars; this ONNX stand-in cannot
+                    return 422, {"error": f"Input validation error: {req.light_refusals()[0]} is not "
+                                          f"implemented by the local stand-in", "error_type": "validation"}
+                gens = self.generator.chat(req.turns(), req.sampling(20))
+                return 200, chat_completion_body(req.model, gens, fingerprint=fingerprint, token_text=token_text)
             req2 = CompletionRequest.model_validate(payload)
-            gen = self.generator.complete(req2.text(), req2.sampling(20))
-            return 200, completion_body(req2.model, gen, fingerprint=f"local-{self.generator.version}")
+            gens = self.generator.complete(req2.text(), req2.sampling(20))
+            return 200, completion_body(req2.model, gens, fingerprint=fingerprint, token_text=token_text)
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
             where = ".".join(str(p) for p in first["loc"])

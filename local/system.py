@@ -201,7 +201,11 @@ class LocalSystem:
 
         if not self.cfg.heavy:
             return None, None, "heavy path: off (--no-heavy)"
-        bundle = next((p for n, p in bundles.items() if _task(p) == "text-generation"), None)
+        # The stage's own light chat model first (dev: smollm2-135m-instruct), so heavy replies are
+        # the same real text as light ones; else any generation bundle.
+        preferred = [n for n in self.cfg.stage_settings().generation_models if n in bundles]
+        candidates = [bundles[n] for n in preferred] + list(bundles.values())
+        bundle = next((p for p in candidates if _task(p) == "text-generation"), None)
         if bundle is None:
             return None, None, "heavy path: no text-generation bundle to serve"
         # The stage settings forbid a heavy model name that a Lambda also serves (infra.settings);

@@ -49,7 +49,7 @@ def chat(body, headers=None, path="/v1/chat/completions", key_id=None):
 def test_chat_completion_on_the_light_path_matches_the_generator(gen_api, tiny_generator):
     status, body, headers = chat({"model": TINY, "messages": USER, "max_tokens": 12, "temperature": 0})
     assert status == 200, body
-    want = tiny_generator.chat([("user", "Where is my order?")], SamplingParams(max_new_tokens=12, temperature=0.0))
+    [want] = tiny_generator.chat([("user", "Where is my order?")], SamplingParams(max_new_tokens=12, temperature=0.0))
     assert body["object"] == "chat.completion" and body["model"] == TINY
     assert body["choices"][0]["message"] == {"role": "assistant", "content": want.text}
     assert body["usage"] == {"prompt_tokens": want.prompt_tokens, "completion_tokens": want.completion_tokens,
@@ -60,8 +60,73 @@ def test_chat_completion_on_the_light_path_matches_the_generator(gen_api, tiny_g
 def test_completions_route_uses_the_prompt(gen_api, tiny_generator):
     status, body, _ = chat({"model": TINY, "prompt": "The quick brown fox", "max_tokens": 6, "temperature": 0},
                            path="/v1/completions")
-    want = tiny_generator.complete("The quick brown fox", SamplingParams(max_new_tokens=6, temperature=0.0))
+    [want] = tiny_generator.complete("The quick brown fox", SamplingParams(max_new_tokens=6, temperature=0.0))
     assert status == 200 and body["object"] == "text_completion" and body["choices"][0]["text"] == want.text
+
+
+def test_logit_bias_token_outside_the_vocabulary_is_422(gen_api):
+    status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 2, "logit_bias": {"999999": 5}})
+    err = assert_error(status, resp, 422, "invalid_value")
+    assert err["param"] == "logit_bias" and "vocabulary" in err["message"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+    ("tool_choice", "auto"),
+    ("parallel_tool_calls", True),
+    ("response_format", {"type": "json_object"}),
+])
+def test_fields_the_light_route_cannot_honour_are_refused_by_name_with_the_route_that_can(gen_api, field, value):
+    status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 4, field: value})
+    err = assert_error(status, resp, 422, "unsupported_on_route")
+    assert err["param"] == field and "light" in err["message"] and "heavy route" in err["message"]
+
+
+def test_plain_text_response_format_is_what_the_light_route_does_anyway(gen_api):
+    status, body, _ = chat({"model": TINY, "messages": USER, "max_tokens": 3, "response_format": {"type": "text"}})
+    assert status == 200, body
+
+
+def test_user_and_max_completion_tokens_are_accepted(gen_api):
+    status, body, _ = chat({"model": TINY, "messages": USER, "max_completion_tokens": 3, "user": "customer-42",
+                            "temperature": 0})
+    assert status == 200 and body["usage"]["completion_tokens"] <= 3
+
+
+def test_n_choices_share_the_prompt_and_are_reproducible_with_a_seed(gen_api):
+    req = {"model": TINY, "messages": USER, "max_tokens": 8, "temperature": 1.0, "seed": 3, "n": 3}
+    status, body, _ = chat(req)
+    assert status == 200, body
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+    texts = [c["message"]["content"] for c in body["choices"]]
+    assert len(set(texts)) > 1  # one random stream across the choices, not one reply copied
+    assert chat(req)[1]["choices"] == body["choices"]
+    u = body["usage"]
+    assert u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] and u["completion_tokens"] > 8
+
+
+def test_chat_logprobs_have_the_openai_shape_and_are_log_probabilities(gen_api):
+    status, body, _ = chat({"model": TINY, "messages": USER, "max_tokens": 5, "temperature": 0, "logprobs": True,
+                            "top_logprobs": 3})
+    assert status == 200, body
+    content = body["choices"][0]["logprobs"]["content"]
+    assert len(content) == body["usage"]["completion_tokens"]
+    for entry in content:
+        assert set(entry) == {"token", "logprob", "bytes", "top_logprobs"}
+        assert entry["logprob"] <= 0 and entry["bytes"] == list(entry["token"].encode())
+        tops = entry["top_logprobs"]
+        assert len(tops) == 3 and tops[0]["logprob"] >= tops[1]["logprob"] >= tops[2]["logprob"]
+        assert tops[0]["token"] == entry["token"] and tops[0]["logprob"] == entry["logprob"]  # greedy
+    assert "".join(e["token"] for e in content) == body["choices"][0]["message"]["content"]
+
+
+def test_completion_logprobs_use_the_legacy_shape(gen_api):
+    status, body, _ = chat({"model": TINY, "prompt": "The quick brown fox", "max_tokens": 4, "temperature": 0,
+                            "logprobs": 2}, path="/v1/completions")
+    assert status == 200, body
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"])
+    assert all(len(t) == 2 for t in lp["top_logprobs"]) and lp["text_offset"][0] == 0
 
 
 def test_same_seed_gives_the_same_sampled_reply(gen_api):
@@ -79,7 +144,31 @@ def test_same_seed_gives_the_same_sampled_reply(gen_api):
     ({"model": TINY, "messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
     ({"model": TINY, "messages": USER, "temperature": 3}, "temperature"),
     ({"model": TINY, "messages": USER, "top_p": 0}, "top_p"),
-    ({"model": TINY, "messages": USER, "n": 2}, "n"),
+    ({"model": TINY, "messages": USER, "n": 0}, "n"),
+    ({"model": TINY, "messages": USER, "n": 5}, "n"),
+    ({"model": TINY, "messages": USER, "n": 1.5}, "n"),
+    ({"model": TINY, "messages": USER, "seed": -1}, "seed"),
+    ({"model": TINY, "messages": USER, "seed": 2**64}, "seed"),
+    ({"model": TINY, "messages": USER, "temperature": -0.1}, "temperature"),
+    ({"model": TINY, "messages": USER, "temperature": float("nan")}, "temperature"),
+    ({"model": TINY, "messages": USER, "top_p": float("inf")}, "top_p"),
+    ({"model": TINY, "messages": USER, "presence_penalty": 2.5}, "presence_penalty"),
+    ({"model": TINY, "messages": USER, "presence_penalty": float("-inf")}, "presence_penalty"),
+    ({"model": TINY, "messages": USER, "frequency_penalty": -2.01}, "frequency_penalty"),
+    ({"model": TINY, "messages": USER, "frequency_penalty": float("nan")}, "frequency_penalty"),
+    ({"model": TINY, "messages": USER, "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logit_bias": {"5": float("nan")}}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logit_bias": {"-3": 1}}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logit_bias": {"hello": 1}}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logit_bias": {str(i): 1 for i in range(301)}}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logit_bias": [1, 2]}, "logit_bias"),
+    ({"model": TINY, "messages": USER, "logprobs": "yes"}, "logprobs"),
+    ({"model": TINY, "messages": USER, "top_logprobs": 3}, "top_logprobs"),  # needs logprobs: true
+    ({"model": TINY, "messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"model": TINY, "messages": USER, "logprobs": True, "top_logprobs": -1}, "top_logprobs"),
+    ({"model": TINY, "messages": USER, "max_completion_tokens": 0}, "max_completion_tokens"),
+    ({"model": TINY, "messages": USER, "user": 7}, "user"),
+    ({"model": TINY, "messages": USER, "user": "u" * 257}, "user"),
     ({"model": TINY, "messages": USER, "stream": True}, "stream"),
     ({"model": TINY, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": USER}, "model"),
@@ -126,6 +215,19 @@ def test_chat_and_completion_heavy_payloads_carry_the_same_sampling_fields():
         "model": "big", "prompt": "Hi", "max_tokens": 100, "stream": False}
 
 
+def test_heavy_payload_passes_penalties_logprobs_and_tools_to_tgi():
+    from functions.core.generation.schemas import ChatCompletionRequest
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    body = ChatCompletionRequest(model="big", messages=USER, presence_penalty=0.5, frequency_penalty=-0.5,
+                                 logprobs=True, top_logprobs=2, tools=tools, tool_choice="auto",
+                                 user="u1").heavy_payload(10)
+    assert body["presence_penalty"] == 0.5 and body["frequency_penalty"] == -0.5
+    assert body["logprobs"] is True and body["top_logprobs"] == 2
+    assert body["tools"] == tools and body["tool_choice"] == "auto"
+    assert "user" not in body  # accepted for the client's sake, not forwarded
+
+
 def test_over_the_light_budget_without_a_heavy_endpoint_is_422(gen_api):
     status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 40})
     assert_error(status, resp, 422, "over_token_budget")
@@ -162,6 +264,17 @@ def test_over_the_light_budget_goes_heavy_and_says_so(gen_api, standin):
     assert status == 200, body
     assert headers["x-cirrus-route"].startswith("heavy; max_tokens 40 > light budget 32")
     assert body["model"] == TINY and body["usage"]["completion_tokens"] <= 40
+
+
+@pytest.mark.parametrize("field,value", [("logit_bias", {"5": 1.0}), ("n", 2)])
+def test_fields_tgi_cannot_honour_are_refused_on_the_heavy_route_naming_the_light_one(gen_api, standin, field,
+                                                                                      value):
+    gen_api(heavy_models=["big-llm"], heavy_endpoint_name="cirrus-heavy")
+    calls = standin.calls
+    status, resp, _ = chat({"model": "big-llm", "messages": USER, "max_tokens": 8, field: value})
+    err = assert_error(status, resp, 422, "unsupported_on_route")
+    assert err["param"] == field and "heavy" in err["message"] and "light route" in err["message"]
+    assert standin.calls == calls  # refused before any endpoint call
 
 
 def test_heavy_faults_surface_as_503_with_retry_after_then_fast_refusals(gen_api, standin):

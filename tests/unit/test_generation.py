@@ -77,10 +77,10 @@ def test_generator_session_uses_the_runtimes_shared_session_options(tiny_generat
 def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_generator):
     msgs = [("user", "Where is my order?")]
     greedy = SamplingParams(max_new_tokens=16, temperature=0.0)
-    assert tiny_generator.chat(msgs, greedy).token_ids == tiny_generator.chat(msgs, greedy).token_ids
+    assert tiny_generator.chat(msgs, greedy)[0].token_ids == tiny_generator.chat(msgs, greedy)[0].token_ids
     s = SamplingParams(max_new_tokens=24, temperature=1.0, seed=7)
-    a, b = tiny_generator.chat(msgs, s), tiny_generator.chat(msgs, s)
-    c = tiny_generator.chat(msgs, SamplingParams(max_new_tokens=24, temperature=1.0, seed=8))
+    [a], [b] = tiny_generator.chat(msgs, s), tiny_generator.chat(msgs, s)
+    [c] = tiny_generator.chat(msgs, SamplingParams(max_new_tokens=24, temperature=1.0, seed=8))
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids
 
@@ -125,8 +125,127 @@ def test_prompt_over_the_context_window_is_a_400(tiny_generator):
 def test_chat_template_marks_roles_with_the_tokenizers_special_tokens(tiny_generator):
     text = tiny_generator.render_chat([("system", "Be brief."), ("user", "Hi")])
     assert text == "<|system|>\nBe brief.\n<|user|>\nHi\n<|assistant|>\n"
-    ids = tiny_generator.encode(text)
+    ids = tiny_generator.encode_chat([("system", "Be brief."), ("user", "Hi")])
     assert tiny_generator.tokenizer.token_to_id("<|assistant|>") in ids
+
+
+def test_chat_prompts_are_encoded_without_added_special_tokens(tiny_bundle, tmp_path):
+    """A GGUF-converted tokenizer.json adds BOS in its post-processor; the template already wrote it,
+    so encoding the rendered chat with special tokens would double it (the model then answers the
+    France question in garbled French). The chat path must encode with add_special_tokens=False."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, processors
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    tok = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    bos = "<|system|>"
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tok.token_to_id(bos))])
+    tok.save(str(bundle / "tokenizer.json"))
+    gen = OnnxGenerator.from_files(bundle / "model.onnx", bundle / "tokenizer.json", tiny_generator_spec(bundle),
+                                   intra_op_threads=1)
+    bos_id = tok.token_to_id(bos)
+    text = gen.render_chat([("system", "Be brief."), ("user", "Hi")])
+    assert gen.encode(text)[:2] == [bos_id, bos_id]  # the trap: BOS twice
+    ids = gen.encode_chat([("system", "Be brief."), ("user", "Hi")])
+    assert ids[0] == bos_id and ids[1] != bos_id and ids == tok.encode(text, add_special_tokens=False).ids
+    assert json.loads((bundle / "tokenizer.json").read_text())["post_processor"]["type"] == "TemplateProcessing"
+
+
+def tiny_generator_spec(bundle):
+    from functions.core.inference.spec import GenerationSpec
+
+    return GenerationSpec.of(Manifest.read(bundle))
+
+
+def test_stream_yields_the_same_text_token_by_token_and_can_be_cancelled(tiny_generator):
+    ids = tiny_generator.encode("The quick brown fox")
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=4)
+    whole = tiny_generator.generate_ids(ids, params)
+    deltas = list(tiny_generator.stream(ids, params))
+    assert "".join(d.text for d in deltas) == whole.text
+    assert [d.token_id for d in deltas if d.token_id >= 0] == whole.token_ids
+    it = tiny_generator.stream(ids, params)
+    first = next(it)
+    it.close()  # a client gone away: the loop stops at its next step, nothing left running
+    assert first.token_id == whole.token_ids[0]
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_n_choices_share_one_prefill_and_one_seeded_stream(tiny_generator):
+    ids = tiny_generator.encode("Hello")
+    params = SamplingParams(max_new_tokens=10, temperature=1.0, seed=9, n=3)
+    a, b = tiny_generator.generate_n(ids, params), tiny_generator.generate_n(ids, params)
+    assert [g.token_ids for g in a] == [g.token_ids for g in b]
+    assert len({tuple(g.token_ids) for g in a}) > 1
+    greedy = tiny_generator.generate_n(ids, SamplingParams(max_new_tokens=10, temperature=0.0, n=2))
+    assert greedy[0].token_ids == greedy[1].token_ids == tiny_generator.generate_ids(
+        ids, SamplingParams(max_new_tokens=10, temperature=0.0)).token_ids
+
+
+def test_logit_bias_forces_and_bans_tokens(tiny_generator):
+    ids = tiny_generator.encode("Hello")
+    forced = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=4, temperature=1.0, seed=1,
+                                                             logit_bias=((42, 100.0),)))
+    assert forced.token_ids == [42] * 4
+    greedy = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=6, temperature=0.0))
+    banned = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=6, temperature=0.0,
+                                                             logit_bias=tuple((t, -100.0) for t in greedy.token_ids)))
+    assert not set(banned.token_ids) & set(greedy.token_ids)
+
+
+def test_presence_and_frequency_penalties_stop_repetition(tiny_generator):
+    spec = tiny_generator.spec
+    saved, spec.eos_token_ids = spec.eos_token_ids, [-1]
+    try:
+        ids = tiny_generator.encode("A")
+        plain = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=40, temperature=0.0))
+        pen = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=40, temperature=0.0,
+                                                              presence_penalty=2.0, frequency_penalty=2.0))
+    finally:
+        spec.eos_token_ids = saved
+    assert len(set(pen.token_ids)) > len(set(plain.token_ids))
+    # A negative presence penalty rewards repeats: greedy then locks onto tokens already said.
+    rep = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=20, temperature=0.0, presence_penalty=-2.0,
+                                                          frequency_penalty=-2.0))
+    assert len(set(rep.token_ids)) <= len(set(plain.token_ids[:20]))
+
+
+def test_logprobs_are_normalised_and_the_top_list_is_sorted(tiny_generator):
+    import math
+
+    import numpy as np
+
+    ids = tiny_generator.encode("Hello")
+    out = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=3, temperature=0.0, top_logprobs=5))
+    assert len(out.logprobs) == 3
+    first = out.logprobs[0]
+    logits = tiny_generator.logits(ids)[-1].astype(np.float64)
+    want = logits - (logits.max() + math.log(np.exp(logits - logits.max()).sum()))
+    assert first.token_id == out.token_ids[0] and abs(first.logprob - want[first.token_id]) < 1e-3
+    assert [i for i, _ in first.top] == list(np.argsort(-want)[:5])
+    none = tiny_generator.generate_ids(ids, SamplingParams(max_new_tokens=3, temperature=0.0))
+    assert none.logprobs is None and none.token_ids == out.token_ids
+
+
+def test_non_finite_logits_never_reach_the_sampler():
+    import numpy as np
+
+    from functions.core.inference.generator import _Logits
+
+    rng = np.random.default_rng(0)
+    z = np.full(8, np.nan, dtype=np.float32)
+    z[3] = 1.0
+    for params in (SamplingParams(4, temperature=0.7), SamplingParams(4, temperature=0.0, top_logprobs=2),
+                   SamplingParams(4, temperature=1e-30)):
+        assert _Logits(params, 8, rng).pick(z)[0] == 3
+    with pytest.raises(BundleError):
+        _Logits(SamplingParams(4, temperature=0.7), 8, rng).pick(np.full(8, np.nan, dtype=np.float32))
+    with pytest.raises(BundleError):
+        _Logits(SamplingParams(4, temperature=0.0), 8, rng).pick(np.full(8, np.inf, dtype=np.float32))
 
 
 def test_a_non_generation_bundle_is_refused(bundles_dir):

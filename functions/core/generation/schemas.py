@@ -1,21 +1,35 @@
 """OpenAI chat/completions request models (validated at the edge) and the response bodies.
 
-Only what Cirrus honours is accepted; a field the OpenAI API has but Cirrus cannot honour (``n``
-above 1, streaming, penalties) is refused by name rather than silently ignored.
+Every sampling field OpenAI clients send is accepted with OpenAI's bounds (a value out of bounds,
+non-finite or of the wrong type is a 422 naming the field). A field one route cannot honour
+(``tools`` on the light route, ``logit_bias`` on the heavy one) is refused by name, with the route
+that can, rather than silently ignored: see ``light_refusals`` / ``heavy_refusals``.
 """
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
-from functions.core.inference.generator import Generation, SamplingParams
+from functions.core.inference.generator import Generation, SamplingParams, TokenLogprob
 from functions.core.inference.text import clean_text
 
 Role = Literal["system", "developer", "user", "assistant"]
-MAX_STOP = 4  # as in the OpenAI API
+MAX_STOP = 4            # as in the OpenAI API
+MAX_N = 4               # choices per request on the light route (each costs a full decode)
+MAX_TOP_LOGPROBS = 20   # as in the OpenAI API (legacy completions: 5)
+MAX_LOGIT_BIAS = 300    # entries; OpenAI's own limit
+SEED_MAX = 2**64 - 1
+# Fields of OpenAI's chat API that only the heavy endpoint (TGI) implements.
+HEAVY_ONLY = ("tools", "tool_choice", "parallel_tool_calls", "response_format")
+# Sampling fields the light loop implements and TGI does not (TGI documents them as unused).
+LIGHT_ONLY = ("logit_bias", "n")
+
+
+def _finite(lo: float, hi: float, **kw: Any) -> Any:
+    return Field(None, ge=lo, le=hi, allow_inf_nan=False, **kw)
 
 
 class TextPart(BaseModel):
@@ -41,15 +55,16 @@ class _GenerationRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: StrictStr = Field(min_length=1, max_length=256)
     max_tokens: StrictInt | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: float | None = _finite(0.0, 2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, allow_inf_nan=False)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: StrictInt | None = None
-    n: StrictInt | None = Field(None, ge=1, le=1, description="only one choice per request")
+    seed: StrictInt | None = Field(None, ge=0, le=SEED_MAX)
+    n: StrictInt | None = Field(None, ge=1, le=MAX_N)
     stream: Literal[False] | None = Field(None, description="streaming is not supported; use async jobs")
-    user: StrictStr | None = None
-    presence_penalty: float | None = Field(None, ge=0.0, le=0.0)
-    frequency_penalty: float | None = Field(None, ge=0.0, le=0.0)
+    user: StrictStr | None = Field(None, max_length=256)  # accepted (abuse tracing); never logged
+    presence_penalty: float | None = _finite(-2.0, 2.0)
+    frequency_penalty: float | None = _finite(-2.0, 2.0)
+    logit_bias: dict[StrictStr, float] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -61,16 +76,50 @@ class _GenerationRequest(BaseModel):
             raise ValueError("stop sequences must not be empty")
         return v
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is None:
+            return v
+        if len(v) > MAX_LOGIT_BIAS:
+            raise ValueError(f"at most {MAX_LOGIT_BIAS} entries")
+        for key, bias in v.items():
+            if not (key.isascii() and key.isdigit() and len(key) <= 9):
+                raise ValueError("keys must be token ids (non-negative integers as strings)")
+            if not (-100.0 <= bias <= 100.0):  # NaN fails this too
+                raise ValueError("biases must be between -100 and 100")
+        return v
+
     def stops(self) -> tuple[str, ...]:
         return tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
 
     def budget(self, default: int) -> int:
         return self.max_tokens or default
 
+    def bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
+
+    def top_logprobs_wanted(self) -> int | None:
+        """None: no logprobs; k: each token's logprob and the k most likely alternatives."""
+        raise NotImplementedError
+
+    def _set(self, names: tuple[str, ...]) -> list[str]:
+        return [f for f in names if getattr(self, f, None) not in (None, False)
+                and not (f == "n" and self.n == 1)
+                and not (f == "response_format" and getattr(self, f) == {"type": "text"})]
+
+    def light_refusals(self) -> list[str]:
+        """Fields set in this request that the light route cannot honour."""
+        return self._set(HEAVY_ONLY)
+
+    def heavy_refusals(self) -> list[str]:
+        """Fields set in this request that the heavy endpoint (TGI) cannot honour."""
+        return self._set(LIGHT_ONLY)
+
     def heavy_sampling(self, default_max_tokens: int) -> dict:
         """The budget, sampling and stop fields of a heavy-endpoint body (TGI takes OpenAI's names)."""
         body: dict = {"max_tokens": self.budget(default_max_tokens), "stream": False}
-        for key in ("temperature", "top_p", "seed"):
+        for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
         if self.stop is not None:
@@ -80,7 +129,10 @@ class _GenerationRequest(BaseModel):
     def sampling(self, default_max_tokens: int) -> SamplingParams:
         return SamplingParams(max_new_tokens=self.budget(default_max_tokens),
                               temperature=1.0 if self.temperature is None else self.temperature,
-                              top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed, stop=self.stops())
+                              top_p=1.0 if self.top_p is None else self.top_p, seed=self.seed, stop=self.stops(),
+                              presence_penalty=self.presence_penalty or 0.0,
+                              frequency_penalty=self.frequency_penalty or 0.0, logit_bias=self.bias_pairs(),
+                              top_logprobs=self.top_logprobs_wanted(), n=self.n or 1)
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -88,6 +140,13 @@ class ChatCompletionRequest(_GenerationRequest):
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)  # the newer name of max_tokens
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
+    # Heavy-only (TGI implements them); the light route refuses them by name.
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: StrictStr | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _one_budget(self) -> "ChatCompletionRequest":
@@ -95,14 +154,28 @@ class ChatCompletionRequest(_GenerationRequest):
             self.max_tokens = self.max_completion_tokens
         return self
 
+    @field_validator("top_logprobs")
+    @classmethod
+    def _needs_logprobs(cls, v: int | None, info: Any) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
+        return v
+
+    def top_logprobs_wanted(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def turns(self) -> list[tuple[str, str]]:
         # "developer" is OpenAI's newer name for the system role.
         return [("system" if m.role == "developer" else m.role, m.text()) for m in self.messages]
 
     def heavy_payload(self, default_max_tokens: int) -> dict:
         """The body for the heavy endpoint: TGI's Messages API (see docs/heavy.md)."""
-        return {"model": self.model, "messages": [{"role": r, "content": c} for r, c in self.turns()],
+        body = {"model": self.model, "messages": [{"role": r, "content": c} for r, c in self.turns()],
                 **self.heavy_sampling(default_max_tokens)}
+        for key in ("logprobs", "top_logprobs", *HEAVY_ONLY):
+            if getattr(self, key) is not None:
+                body[key] = getattr(self, key)
+        return body
 
 
 class CompletionRequest(_GenerationRequest):
@@ -110,6 +183,7 @@ class CompletionRequest(_GenerationRequest):
 
     prompt: StrictStr | list[StrictStr] = Field(min_length=1)
     echo: Literal[False] | None = None
+    logprobs: StrictInt | None = Field(None, ge=0, le=5)  # legacy: how many alternatives (0: just the token's)
 
     @field_validator("prompt")
     @classmethod
@@ -121,29 +195,66 @@ class CompletionRequest(_GenerationRequest):
             raise ValueError("prompt must not be empty")
         return v
 
+    def top_logprobs_wanted(self) -> int | None:
+        return self.logprobs
+
     def text(self) -> str:
         return clean_text(self.prompt if isinstance(self.prompt, str) else self.prompt[0])
 
     def heavy_payload(self, default_max_tokens: int) -> dict:
         """The body for the heavy endpoint: TGI's OpenAI-compatible completions route."""
-        return {"model": self.model, "prompt": self.text(), **self.heavy_sampling(default_max_tokens)}
+        body = {"model": self.model, "prompt": self.text(), **self.heavy_sampling(default_max_tokens)}
+        if self.logprobs is not None:
+            body["logprobs"] = self.logprobs
+        return body
 
 
-def _usage(gen: Generation) -> dict[str, int]:
-    return {"prompt_tokens": gen.prompt_tokens, "completion_tokens": gen.completion_tokens,
-            "total_tokens": gen.prompt_tokens + gen.completion_tokens}
+def _usage(gens: list[Generation]) -> dict[str, int]:
+    prompt = gens[0].prompt_tokens
+    completion = sum(g.completion_tokens for g in gens)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def chat_completion_body(model: str, gen: Generation, *, fingerprint: str | None = None) -> dict:
+def _token_entry(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def chat_logprobs(lps: list[TokenLogprob] | None, token_text: Any) -> dict | None:
+    """OpenAI chat ``logprobs``: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
+    if lps is None:
+        return None
+    return {"content": [{**_token_entry(token_text(lp.token_id), lp.logprob),
+                         "top_logprobs": [_token_entry(token_text(i), v) for i, v in lp.top]} for lp in lps],
+            "refusal": None}
+
+
+def completion_logprobs(lps: list[TokenLogprob] | None, token_text: Any) -> dict | None:
+    """Legacy completions ``logprobs``: parallel lists of tokens, their logprobs, top maps, offsets."""
+    if lps is None:
+        return None
+    tokens = [token_text(lp.token_id) for lp in lps]
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t)
+    return {"tokens": tokens, "token_logprobs": [lp.logprob for lp in lps],
+            "top_logprobs": [{token_text(i): v for i, v in lp.top} for lp in lps], "text_offset": offsets}
+
+
+def chat_completion_body(model: str, gens: list[Generation], *, fingerprint: str | None = None,
+                         token_text: Any = None) -> dict:
     return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
             "model": model, "system_fingerprint": fingerprint,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": gen.text},
-                         "logprobs": None, "finish_reason": gen.finish_reason}],
-            "usage": _usage(gen)}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": g.text},
+                         "logprobs": chat_logprobs(g.logprobs, token_text), "finish_reason": g.finish_reason}
+                        for i, g in enumerate(gens)],
+            "usage": _usage(gens)}
 
 
-def completion_body(model: str, gen: Generation, *, fingerprint: str | None = None) -> dict:
+def completion_body(model: str, gens: list[Generation], *, fingerprint: str | None = None,
+                    token_text: Any = None) -> dict:
     return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
             "model": model, "system_fingerprint": fingerprint,
-            "choices": [{"index": 0, "text": gen.text, "logprobs": None, "finish_reason": gen.finish_reason}],
-            "usage": _usage(gen)}
+            "choices": [{"index": i, "text": g.text, "logprobs": completion_logprobs(g.logprobs, token_text),
+                         "finish_reason": g.finish_reason} for i, g in enumerate(gens)],
+            "usage": _usage(gens)}

@@ -15,7 +15,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.core.aws import s3
 from functions.core.aws.base import translate
-from functions.core.errors import ModelUnavailable, NotFound
+from functions.core.errors import ModelUnavailable, NotFound, ValidationFailed
 from functions.core.generation.heavy import HeavyClient
 from functions.core.generation.router import Decision, decide
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
@@ -78,21 +78,38 @@ def _record(model: str, decision: Decision, usage: dict, seconds: float) -> None
 
 
 # --- light: the ONNX bundle in this container -------------------------------------------------------
+def _refuse(fields: list[str], route: str, other: str, model: str) -> None:
+    """422 naming the first field this route cannot honour and the route that can."""
+    if fields:
+        raise ValidationFailed(f"'{fields[0]}' is not supported on the {route} route that serves model "
+                               f"'{model}'; it is honoured on the {other}", param=fields[0],
+                               code="unsupported_on_route")
+
+
 def _light(req: Request, settings: Settings) -> Result:
+    _refuse(req.light_refusals(), "light (ONNX on Lambda)", "heavy route (a model served by the GPU endpoint)",
+            req.model)
     model = get_model(req.model)
     require_task(model.manifest, "text-generation")
     params = req.sampling(settings.generation_default_max_tokens)
+    vocab = model.vocab_size  # type: ignore[union-attr]
+    if any(i >= vocab for i, _ in params.logit_bias):
+        raise ValidationFailed(f"logit_bias: token ids must be below the vocabulary size of '{req.model}' ({vocab})",
+                               param="logit_bias")
     if _is_chat(req):
-        gen = model.chat(req.turns(), params)  # type: ignore[union-attr]
-        body = chat_completion_body(req.model, gen, fingerprint=f"cirrus-{model.version}")
+        gens = model.chat(req.turns(), params)  # type: ignore[union-attr]
+        body = chat_completion_body(req.model, gens, fingerprint=f"cirrus-{model.version}",
+                                    token_text=model.token_text)  # type: ignore[union-attr]
     else:
-        gen = model.complete(req.text(), params)  # type: ignore[union-attr]
-        body = completion_body(req.model, gen, fingerprint=f"cirrus-{model.version}")
+        gens = model.complete(req.text(), params)  # type: ignore[union-attr]
+        body = completion_body(req.model, gens, fingerprint=f"cirrus-{model.version}",
+                               token_text=model.token_text)  # type: ignore[union-attr]
     return Result(body, model.version)
 
 
 # --- heavy: the SageMaker endpoint ------------------------------------------------------------------
 def _heavy(req: Request, settings: Settings) -> Result:
+    _refuse(req.heavy_refusals(), "heavy (GPU endpoint)", "light route (a model served on Lambda)", req.model)
     payload = req.heavy_payload(settings.generation_default_max_tokens)
     answer = HeavyClient(settings).invoke(payload)
     return Result(normalise_answer(answer, req.model, chat=_is_chat(req)))
@@ -125,6 +142,7 @@ def _put_json(bucket: str, key: str, obj: dict) -> None:
 
 
 def _submit_async(req: Request, settings: Settings, owner: str | None) -> Result:
+    _refuse(req.heavy_refusals(), "async (GPU endpoint)", "light route (a model served on Lambda)", req.model)
     bucket = _bucket(settings)
     job_id = f"genjob-{uuid.uuid4().hex}"
     request_key = f"{JOBS_PREFIX}{job_id}/request.json"
