@@ -60,7 +60,7 @@ class Cirrus:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from functions.core.inference.generator import OnnxGenerator, SamplingParams
 
-        from functions.core.manifest import verify_bundle
+        from functions.core.inference.manifest import verify_bundle
 
         t = time.perf_counter()
         verify_bundle(Path(args["bundle"]))  # the model store's sha256 check, part of a cold start
