@@ -69,7 +69,7 @@ class Cirrus:
         self.gen = OnnxGenerator(Path(args["bundle"]), intra_op_threads=args["threads"])
         self.load_s = time.perf_counter() - t
         self.bundle_mb = sum(f.stat().st_size for f in Path(args["bundle"]).iterdir()) / 1e6
-        self.params = SamplingParams(max_new_tokens=DECODE_TOKENS + 1, temperature=0.0)
+        self.params = SamplingParams(max_new_tokens=args["decode"] + 1, temperature=0.0)
         self.gen.spec.eos_token_ids = [-1]  # fixed lengths: never stop early
 
     def run(self, ids: list[int]) -> tuple[float, float]:
@@ -89,6 +89,7 @@ class LlamaCpp:
         self.llm = Llama(model_path=args["gguf"], n_threads=args["threads"], n_threads_batch=args["threads"],
                          n_ctx=1024, n_batch=512, verbose=False)
         self.load_s = time.perf_counter() - t
+        self.decode = args["decode"]
 
     def run(self, ids: list[int]) -> tuple[float, float]:
         self.llm.reset()
@@ -96,11 +97,11 @@ class LlamaCpp:
         it = self.llm.generate(ids, temp=0.0, top_k=1, reset=True)
         next(it)
         t1 = time.perf_counter()
-        for _ in range(DECODE_TOKENS):
+        for _ in range(self.decode):
             next(it)
         dt = time.perf_counter() - t1
         it.close()
-        return t1 - t0, DECODE_TOKENS / dt
+        return t1 - t0, self.decode / dt
 
 
 class Torch:
@@ -113,6 +114,7 @@ class Torch:
         self.model = AutoModelForCausalLM.from_pretrained(args["hf"], dtype=torch.float32).eval()
         self.load_s = time.perf_counter() - t
         self.torch = torch
+        self.decode = args["decode"]
 
     def run(self, ids: list[int]) -> tuple[float, float]:
         torch = self.torch
@@ -122,10 +124,10 @@ class Torch:
             nxt = out.logits[0, -1].argmax()
             t1 = time.perf_counter()
             past = out.past_key_values
-            for _ in range(DECODE_TOKENS):
+            for _ in range(self.decode):
                 out = self.model(nxt.view(1, 1), past_key_values=past, use_cache=True)
                 past, nxt = out.past_key_values, out.logits[0, -1].argmax()
-            return t1 - t0, DECODE_TOKENS / (time.perf_counter() - t1)
+            return t1 - t0, self.decode / (time.perf_counter() - t1)
 
 
 ENGINES = {"cirrus": Cirrus, "llama.cpp": LlamaCpp, "pytorch-fp32": Torch, "cirrus-1-thread": Cirrus}
@@ -155,18 +157,20 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--hf", required=True, help="the same weights as a transformers folder (dequantized)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--decode-tokens", type=int, default=DECODE_TOKENS, help="tokens timed after the first")
+    ap.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}")
     ap.add_argument("--out", default=None, help="write the results JSON here")
     a = ap.parse_args(argv)
     from bench.machine import describe, one_line
 
     machine = describe()
     print(f"[generation] {one_line(machine)}; load {machine['load_avg_at_start']}", file=sys.stderr)
-    args = {"bundle": a.bundle, "gguf": a.gguf, "hf": a.hf, "threads": a.threads}
+    args = {"bundle": a.bundle, "gguf": a.gguf, "hf": a.hf, "threads": a.threads, "decode": a.decode_tokens}
     ids = {n: prompt_ids(Path(a.bundle) / "tokenizer.json", n) for n in PROMPT_LENGTHS}
     ctx = mp.get_context("spawn")
     workers: dict[str, tuple[Any, Any]] = {}
     info: dict[str, dict] = {}
-    for name in ENGINES:
+    for name in a.engines.split(","):
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker, args=(name, args, child), daemon=True)
         proc.start()
@@ -211,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict:
         costs = generation_model(c1["decode_tok_s_50"], c["decode_tok_s_50"], c1["ttft_ms_50"] / 1000,
                                  c["ttft_ms_50"] / 1000, c["peak_rss_mb"], a.threads)
     result = {"machine": {k: v for k, v in machine.items() if k != "_cpu"}, "threads": a.threads,
-              "rounds": a.rounds, "decode_tokens": DECODE_TOKENS, "engines": table, "ratios": ratios, "lambda_cost": costs,
+              "rounds": a.rounds, "decode_tokens": a.decode_tokens, "engines": table, "ratios": ratios, "lambda_cost": costs,
               "load_avg_at_end": [round(x, 2) for x in os.getloadavg()]}
     text = json.dumps(result, indent=2)
     if a.out:
