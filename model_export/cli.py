@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=_Parser)
 
     p = verbs.add_parser("export", help="export a model (local dir or hub id) to fp32 ONNX in a work folder")
-    p.add_argument("source", help="local model directory or Hugging Face hub id")
+    p.add_argument("source", help="local model directory, .gguf file (dequantized to fp32) or Hugging Face hub id")
     _task_arg(p)
     p.add_argument("--out", required=True, type=Path, help="work folder to create")
     p.add_argument("--name", default=None, help="bundle name (default: the source folder/repo name)")
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="bundle even if the gate failed (recorded)")
 
     p = verbs.add_parser("build", help="export + quantize + validate + bundle in one go")
-    p.add_argument("source", help="local model directory or Hugging Face hub id")
+    p.add_argument("source", help="local model directory, .gguf file (dequantized to fp32) or Hugging Face hub id")
     _task_arg(p)
     p.add_argument("--out", required=True, type=Path, help="bundle folder to create")
     p.add_argument("--name", default=None, help="bundle name (default: the source folder/repo name)")
@@ -131,7 +131,10 @@ def _quant_config(args) -> QuantizeConfig:
 
 
 def _name(args) -> str:
-    return args.name or Path(args.source.rstrip("/")).name.lower()
+    from model_export.gguf import is_gguf
+
+    path = Path(args.source.rstrip("/"))
+    return args.name or (path.stem if is_gguf(path) else path.name).lower()
 
 
 def _check_task(task: str) -> None:

@@ -12,6 +12,49 @@ Arch = Literal["x86_64", "arm64"]
 ARCHES: tuple[str, ...] = ("x86_64", "arm64")
 
 
+Method = Literal["dynamic-int8", "weight-only"]
+METHODS: tuple[str, ...] = ("dynamic-int8", "weight-only")
+
+
+@dataclass(frozen=True)
+class WeightOnlyConfig:
+    """Block-wise weight-only quantization (onnxruntime ``MatMulNBits``) for decoders.
+
+    Weights are stored in ``bits`` with one scale (+ zero point unless ``symmetric``) per
+    ``block_size`` inputs; activations stay fp32, so the per-batch activation ranges that
+    hurt dynamic int8 on decoders do not arise. ``accuracy_level=4`` lets the kernels compute
+    with int8 activations (faster on AVX2/VNNI), ``None``/0 in fp32. ``head_bits`` quantizes the
+    (untied) LM head, 0 leaves it fp32; ``embedding_bits`` 4 (GatherBlockQuantized), 8 (int8
+    rows) or 0 (fp32) for the token embedding. docs/quantization.md has the measurements.
+    """
+
+    bits: int = 4
+    block_size: int = 32
+    symmetric: bool = False
+    accuracy_level: int | None = 4
+    head_bits: int = 4
+    embedding_bits: int = 4
+    embedding_block_size: int = 32
+    exclude: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("bits", self.bits, (4, 8)), ("head_bits", self.head_bits, (0, 4, 8)),
+                                     ("embedding_bits", self.embedding_bits, (0, 4, 8))):
+            if value not in allowed:
+                raise ExportError(f"weight-only {name}={value} is not one of {allowed}")
+        for name, value in (("block_size", self.block_size), ("embedding_block_size", self.embedding_block_size)):
+            if value < 16 or value & (value - 1):
+                raise ExportError(f"weight-only {name}={value} must be a power of two >= 16")
+        if self.accuracy_level not in (None, 0, 1, 2, 3, 4):
+            raise ExportError(f"accuracy_level={self.accuracy_level} is not one of 0-4")
+
+    def describe(self) -> str:
+        acc = f"accuracy_level={self.accuracy_level}" if self.accuracy_level else "fp32 compute"
+        return (f"int{self.bits} block {self.block_size} {'sym' if self.symmetric else 'asym'}, {acc}, "
+                f"head {'int%d' % self.head_bits if self.head_bits else 'fp32'}, "
+                f"embedding {'int%d' % self.embedding_bits if self.embedding_bits else 'fp32'}")
+
+
 @dataclass(frozen=True)
 class QuantizeConfig:
     """How the shipped file is quantized. ``enabled=False`` ships fp32.
@@ -22,6 +65,8 @@ class QuantizeConfig:
 
     enabled: bool = True
     arch: Arch = "x86_64"
+    method: Method = "dynamic-int8"
+    weight_only: WeightOnlyConfig | None = None  # method="weight-only" (default WeightOnlyConfig())
     per_channel: bool = True
     fp32_activation_matmul: bool = True
     exclude: tuple[str, ...] = ()
@@ -30,10 +75,22 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
             raise ExportError(f"unknown arch {self.arch!r} (choose from {', '.join(ARCHES)})")
+        if self.method not in METHODS:
+            raise ExportError(f"unknown quantization method {self.method!r} (choose from {', '.join(METHODS)})")
+        if isinstance(self.weight_only, dict):  # read back from work.json
+            object.__setattr__(self, "weight_only", WeightOnlyConfig(**{**self.weight_only, "exclude": tuple(
+                self.weight_only.get("exclude", ()))}))
+        if self.method == "weight-only" and self.weight_only is None:
+            object.__setattr__(self, "weight_only", WeightOnlyConfig())
+
+    @property
+    def mode(self) -> str:
+        """The manifest's quantization mode."""
+        return self.method if self.enabled else "none"
 
     @property
     def preset(self) -> str | None:
-        if not self.enabled:
+        if not self.enabled or self.method != "dynamic-int8":
             return None
         # Lambda x86 guarantees AVX2 but not VNNI: the avx2 preset (u8/u8) avoids the VPMADDUBSW
         # saturation that u8/s8 hits without VNNI. arm64 uses u8/s8 (fast on Graviton).

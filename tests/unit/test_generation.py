@@ -15,12 +15,15 @@ PROMPTS = ["Hello, how can I help you today?", "Where is my package?", "The quic
 @pytest.fixture(scope="module")
 def fp32_export(tmp_path_factory):
     """The tiny model's PyTorch source and its fp32 ONNX export (same recipe as the bundle)."""
-    from model_export.tasks.text_generation import TASK, build_tiny_gpt2, generation_spec
+    from functions.core.inference.spec import GenerationSpec
+    from model_export.tasks.text_generation import TASK, build_tiny_gpt2, generation_block
 
     root = tmp_path_factory.mktemp("tiny")
     src = build_tiny_gpt2(root / "source")
     onnx = TASK.export(str(src), root / "onnx", local=True)
-    return src, onnx, generation_spec(src)
+    # The loop needs only the KV-cache layout here; chat rendering is tested on the bundle.
+    layout = {k: v for k, v in generation_block(src).items() if k not in ("chat_template", "special_tokens")}
+    return src, onnx, GenerationSpec.model_validate(layout)
 
 
 def test_onnx_greedy_equals_pytorch_generate_token_for_token_fp32(fp32_export):
@@ -43,16 +46,18 @@ def test_onnx_greedy_equals_pytorch_generate_token_for_token_fp32(fp32_export):
 
 
 def test_int8_bundle_agreement_with_pytorch_is_measured_and_reported(fp32_export, tiny_bundle):
-    from model_export.tasks.text_generation import agreement, reference_greedy
+    from model_export.tasks.text_generation import candidate_metrics, generation_block, reference_run
 
-    src, _, spec = fp32_export
-    refs = reference_greedy(src, tiny_bundle / "tokenizer.json", PROMPTS, 24)
-    got = agreement(tiny_bundle / "model.onnx", tiny_bundle / "tokenizer.json", spec, refs)
-    print(f"\nint8 vs PyTorch greedy: next-token agreement {got['next_token_agreement']:.3f}, "
-          f"exact sequences {got['greedy_exact']:.2f}")
+    src = fp32_export[0]
+    block = generation_block(src)
+    ref = reference_run(src, tiny_bundle / "tokenizer.json", block)
+    got = candidate_metrics(tiny_bundle / "model.onnx", tiny_bundle / "tokenizer.json", block, ref)
+    print(f"\nint8 vs PyTorch: next-token agreement {got['next_token_agreement']:.3f}, "
+          f"perplexity ratio {got['ppl_ratio']:.4f}")
     gate = Manifest.read(tiny_bundle).gate
     assert gate and gate.passed and gate.metrics["fp32_greedy_exact"] == 1.0
     assert got["next_token_agreement"] >= gate.thresholds["next_token_agreement"]
+    assert got["ppl_ratio"] == pytest.approx(gate.metrics["ppl_ratio"], rel=1e-4)  # the gate measured this file
 
 
 def test_bundle_manifest_describes_the_kv_cache_and_is_int8(tiny_bundle):

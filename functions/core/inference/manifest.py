@@ -37,11 +37,13 @@ class Source(BaseModel):
 
 class Quantization(BaseModel):
     model_config = ConfigDict(extra="allow")
-    mode: Literal["dynamic-int8", "static-int8", "none"] = "none"
+    # weight-only: block-wise MatMulNBits (decoders); its settings are in ``weight_only``
+    mode: Literal["dynamic-int8", "static-int8", "weight-only", "none"] = "none"
     preset: str | None = None          # e.g. "avx2", "arm64"
     per_channel: bool | None = None
     nodes_excluded: list[str] = Field(default_factory=list)
     optimization_level: int | None = None
+    weight_only: dict | None = None    # bits, block_size, accuracy_level, head_bits, embedding_bits ...
 
 
 class Gate(BaseModel):
