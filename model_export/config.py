@@ -137,5 +137,11 @@ class ExportConfig:
     source_id: str | None = None  # provenance shown in the manifest when ``source`` is a build folder
 
     def fingerprint(self, extra: dict | None = None) -> str:
-        blob = json.dumps({"config": asdict(self), "extra": extra or {}}, sort_keys=True, default=str)
+        config = asdict(self)
+        quant = config["quantize"]
+        if quant["method"] == "dynamic-int8" and quant["weight_only"] is None:
+            # Fields added with weight-only quantization, at their defaults, leave the bytes of a
+            # dynamic-int8 bundle unchanged: so they leave its cache key unchanged too.
+            del quant["method"], quant["weight_only"]
+        blob = json.dumps({"config": config, "extra": extra or {}}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
