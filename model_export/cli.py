@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from model_export.config import ARCHES, ExportConfig, QuantizeConfig
+from model_export.config import ARCHES, METHODS, ExportConfig, QuantizeConfig, WeightOnlyConfig
 from model_export.errors import ExportError
 from model_export.progress import Progress
 
@@ -50,6 +50,13 @@ def _quant_args(p: argparse.ArgumentParser) -> None:
                    help="keep ONNX nodes whose name matches REGEX in fp32 (repeatable; replaces the task default)")
     p.add_argument("--quantize-activation-matmul", action="store_true",
                    help="also quantize activation x activation MatMuls (attention scores; measured worse)")
+    p.add_argument("--method", choices=METHODS, default=None,
+                   help="dynamic-int8 or weight-only (block-wise MatMulNBits); default: the task's "
+                        "(weight-only for text-generation, see docs/quantization.md)")
+    p.add_argument("--bits", type=int, choices=(4, 8), default=None, help="weight-only: weight bits (default 4)")
+    p.add_argument("--block-size", type=int, default=None, help="weight-only: block size, 16-256 (default 32)")
+    p.add_argument("--accuracy-level", type=int, choices=(0, 1, 2, 3, 4), default=None,
+                   help="weight-only: MatMulNBits compute type, 4 = int8 activations (default), 0 = fp32")
 
 
 def _gate_args(p: argparse.ArgumentParser) -> None:
@@ -125,9 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
 def _quant_config(args) -> QuantizeConfig:
     from model_export.tasks import get_task
 
-    exclude = tuple(args.exclude) if args.exclude is not None else get_task(args.task).quantize_exclude
+    task = get_task(args.task)
+    method = args.method or task.quantize_method
+    weight_only = None
+    if method == "weight-only":
+        defaults = WeightOnlyConfig()
+        bits = args.bits or defaults.bits
+        # The LM head and the token embedding take the same width as the layers.
+        weight_only = WeightOnlyConfig(
+            bits=bits, head_bits=bits, embedding_bits=bits, block_size=args.block_size or defaults.block_size,
+            accuracy_level=defaults.accuracy_level if args.accuracy_level is None else (args.accuracy_level or None),
+            exclude=tuple(args.exclude or ()))
+    elif any(v is not None for v in (args.bits, args.block_size, args.accuracy_level)):
+        raise ExportError("--bits, --block-size and --accuracy-level apply to --method weight-only")
+    exclude = tuple(args.exclude) if args.exclude is not None else task.quantize_exclude
     return QuantizeConfig(enabled=not args.no_quantize, arch=args.arch, per_channel=not args.per_tensor,
-                          fp32_activation_matmul=not args.quantize_activation_matmul, exclude=exclude)
+                          fp32_activation_matmul=not args.quantize_activation_matmul, exclude=exclude,
+                          method=method, weight_only=weight_only)
 
 
 def _name(args) -> str:

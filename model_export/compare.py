@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import pickle
 import statistics
 import time
 from pathlib import Path
@@ -111,19 +113,27 @@ def main(argv: list[str] | None = None) -> int:
         entry["bytes"] = paths[name].stat().st_size
         entry["config"] = CANDIDATES[name].__repr__() if CANDIDATES[name] else "fp32"
         print(f"[{name}] file {entry['bytes'] / 1e6:.1f} MB ({time.perf_counter() - t:.0f} s)", flush=True)
+    results = _merge(out_file, {"candidates": {n: {k: results["candidates"][n][k] for k in ("bytes", "config")}
+                                               for n in names}})
     if not args.skip_gate:
         t = time.perf_counter()
-        ref = tg.reference_run(Path(work["source_dir"]), tok_path, block, data)
-        print(f"[reference] {sum(ref.right)}/{len(ref.right)} right, ppl {2.718281828 ** ref.nll:.3f}, "
+        ref_file = args.work / "reference.pkl"  # the reference run is the slow part: computed once per work folder
+        if ref_file.is_file():
+            ref = pickle.loads(ref_file.read_bytes())
+        else:
+            ref = tg.reference_run(Path(work["source_dir"]), tok_path, block, data)
+            ref_file.write_bytes(pickle.dumps(ref))
+        print(f"[reference] {sum(ref.right)}/{len(ref.right)} right, ppl {math.exp(ref.nll):.3f}, "
               f"template match {ref.template_matches} ({time.perf_counter() - t:.0f} s)", flush=True)
-        results["reference"] = {"right": ref.right, "perplexity": 2.718281828 ** ref.nll}
+        results["reference"] = {"right": ref.right, "perplexity": math.exp(ref.nll)}
         for name in names:
             t = time.perf_counter()
             gate = tg.candidate_metrics(paths[name], tok_path, block, ref, data, threads=args.threads)
-            results["candidates"][name]["gate"] = gate
             print(f"[{name}] " + ", ".join(f"{k}={v:.4f}" for k, v in gate.items())
                   + f" ({time.perf_counter() - t:.0f} s)", flush=True)
-            out_file.write_text(json.dumps(results, indent=2))
+            results = _merge(out_file, {"candidates": {name: {"gate": gate}}, "reference": results["reference"]})
+    if args.rounds <= 0:
+        return 0
     text = " ".join(data["heldout"])
     prompts = {"p50": prompt_of(tok, block, 50, text), "p500": prompt_of(tok, block, 500, text)}
     decoders = {name: Decoder(paths[name], threads=args.threads) for name in names}
@@ -145,9 +155,25 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"] = {"load_avg_1m": loads, "threads": args.threads, "tools": tool_versions(
         ("onnxruntime", "onnx", "onnx-ir", "transformers", "torch")),
         "prompt_tokens": {k: len(v) for k, v in prompts.items()}, "cpu_flags": _cpu_flags()}
-    out_file.write_text(json.dumps(results, indent=2))
+    results = _merge(out_file, {"candidates": {n: {"speed": results["candidates"][n]["speed"],
+                                                   "bytes": results["candidates"][n]["bytes"],
+                                                   "config": results["candidates"][n]["config"]} for n in names},
+                                "machine": results["machine"]})
     print(table(results))
     return 0
+
+
+def _merge(path: Path, update: dict) -> dict:
+    """Read-modify-write ``path`` so several runs (different --only sets) add to one file."""
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    for key, value in update.items():
+        if key == "candidates":
+            for name, fields in value.items():
+                current.setdefault("candidates", {}).setdefault(name, {}).update(fields)
+        else:
+            current[key] = value
+    path.write_text(json.dumps(current, indent=2))
+    return current
 
 
 def _cpu_flags() -> list[str]:

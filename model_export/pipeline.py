@@ -61,6 +61,7 @@ def resolve_source(source: str, revision: str | None = None, *, work_dir: Path |
         if work_dir is None:
             raise ExportError("a GGUF source needs a work folder to convert into")
         digest = sha256_file(path)
+        ensure_writable_dir(work_dir)
         with progress.stage("convert", f"GGUF {path.name} -> fp32 Hugging Face folder"):
             folder = gguf.convert(path, Path(work_dir) / "source", sha256=digest)
         return folder, {"id": str(path.resolve()), "format": "gguf", "content_sha256": digest}
@@ -142,8 +143,8 @@ def export(config: ExportConfig, work_dir: Path, *, revision: str | None = None,
            progress: Progress = SILENT) -> dict[str, Any]:
     """Stage 1: optimum export to fp32 ONNX in ``work_dir`` (+ tokenizer, config, work.json)."""
     task = get_task(config.task)
-    work_dir = ensure_writable_dir(work_dir)
     source_dir, source = resolve_source(config.source, revision, work_dir=work_dir, progress=progress)
+    work_dir = ensure_writable_dir(work_dir)
     with progress.stage("export", f"{config.task} from {source['id']}"):
         with tempfile.TemporaryDirectory(prefix="cirrus-export-", dir=work_dir) as tmp:
             try:
@@ -217,7 +218,7 @@ def validate(work_dir: Path, *, thresholds: list[str] | dict[str, Threshold] | N
     onnx_path = shipped_file(work_dir)
     source_dir = Path(work["source_dir"])
     texts = load_eval_texts(eval_set) + task.eval_texts(source_dir)
-    with progress.stage("validate", f"{onnx_path.name} vs PyTorch on {len(texts)} texts"):
+    with progress.stage("validate", f"{onnx_path.name} vs PyTorch on {task.eval_description(texts)}"):
         metrics = task.evaluate(source_dir, onnx_path, Path(work_dir) / "tokenizer.json", texts,
                                 {**work["fields"], "max_length": work["max_length"]})
     failed = [f"{k}={metrics[k]:.4f} (need {'>=' if r.higher else '<='} {r.value})"

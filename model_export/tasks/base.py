@@ -23,6 +23,7 @@ class Task(ABC):
     output_name: str                # graph output the runtime reads
     thresholds: dict[str, Threshold]
     quantize_exclude: tuple[str, ...] = ()  # node-name regexes kept fp32 by default
+    quantize_method: str = "dynamic-int8"    # the CLI's default --method for this task
 
     def export(self, source: str, out_dir: Path, *, local: bool, opset: int | None = None) -> Path:
         """Export ``source`` to ``out_dir/model.onnx`` (+ tokenizer and config) with optimum."""
@@ -47,6 +48,10 @@ class Task(ABC):
     def evaluate(self, source_dir: Path, onnx_path: Path, tokenizer_path: Path, texts: list[str],
                  fields: dict[str, Any]) -> dict[str, float]:
         """Run the reference PyTorch model and the ONNX file on ``texts``; return gate metrics."""
+
+    def eval_description(self, texts: list[str]) -> str:
+        """What ``evaluate`` runs on, for the progress line."""
+        return f"{len(texts)} texts"
 
     def eval_texts(self, source_dir: Path) -> list[str]:
         """Extra task-specific evaluation texts (e.g. a classifier's held-out split)."""

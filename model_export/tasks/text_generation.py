@@ -39,6 +39,25 @@ PARITY_QUESTIONS = 8      # fp32 greedy parity runs on the first questions' chat
 ANSWER_TOKENS = 48        # greedy budget per question (answers are one sentence)
 PPL_WINDOW = 256          # held-out text is scored in windows of this many tokens
 
+# Text written for this project to train the demo tokenizer (byte-level BPE, so any input still
+# encodes: words outside this text fall back to byte pieces).
+TOKENIZER_CORPUS = """\
+Cirrus serves transformer models behind a serverless API. A model is exported once to ONNX,
+quantized to int8, checked against the original and published to storage. Small functions answer
+requests on CPU; a GPU endpoint takes the long generations that a CPU cannot do quickly.
+Hello! How can I help you today? I would like to check the status of my order, please.
+Where is my package? It left the warehouse on Monday and should arrive by Friday.
+How do I reset my password? Open the settings page, choose security and follow the link we send.
+The quick brown fox jumps over the lazy dog. A small model is fast; a large model knows more.
+What is deep learning? It is a way to learn representations from data with many layers.
+Thank you for your patience. Your refund was approved and will reach your account in five days.
+The system prompt tells the assistant how to behave. The user asks, and the assistant answers.
+Please keep your answer short and clear. If you are not sure, say so and ask a question back.
+Numbers, dates and prices: 1, 2, 3, 10, 42, 100, 2026, $19.99, 25%, 3.5 kg, 09:30, 12/31.
+Cloud functions start cold, load the model once, and then answer many requests from memory.
+Shop search, support bots, risk scoring and tutoring questions all need fast, cheap inference.
+"""
+
 
 @dataclass(frozen=True)
 class TinyGpt2Config:
@@ -282,6 +301,9 @@ class TextGenerationTask(Task):
     name = "text-generation"
     optimum_task = "text-generation-with-past"
     output_name = "logits"
+    # Dynamic int8 (per-batch activation ranges) failed the gate on SmolLM2; block-wise
+    # weight-only int4 passes it and is faster (docs/quantization.md).
+    quantize_method = "weight-only"
     # docs/quantization.md ("Decoder gate") justifies each number from the candidates measured.
     thresholds = {"fp32_greedy_exact": Threshold(1.0), "template_matches_transformers": Threshold(1.0),
                   "ppl_ratio": Threshold(1.10, higher=False), "next_token_agreement": Threshold(0.85),
@@ -295,6 +317,10 @@ class TextGenerationTask(Task):
 
     def manifest_fields(self, source_dir: Path, export_dir: Path) -> dict[str, Any]:
         return {"generation": generation_block(source_dir)}
+
+    def eval_description(self, texts: list[str]) -> str:
+        data = load_eval()
+        return f"{len(data['questions'])} chat questions + {len(data['heldout'])} held-out paragraphs"
 
     def evaluate(self, source_dir: Path, onnx_path: Path, tokenizer_path: Path, texts: list[str],
                  fields: dict[str, Any]) -> dict[str, float]:
