@@ -226,7 +226,7 @@ def validate(work_dir: Path, *, thresholds: list[str] | dict[str, Threshold] | N
     gate = {"passed": not failed, "metrics": {k: round(v, 6) for k, v in metrics.items()},
             "thresholds": {k: r.value for k, r in rules.items()},
             "file": onnx_path.name, "file_sha256": sha256_file(onnx_path),
-            "eval_set": f"{eval_set.name}@sha256:{sha256_file(eval_set)[:16]}+{len(texts)} texts",
+            "eval_set": task.eval_set_id(eval_set, texts),
             "failed": failed}
     _write_json(Path(work_dir) / GATE_FILE, gate)
     work["timings"].update(progress.timings)

@@ -53,6 +53,12 @@ class Task(ABC):
         """What ``evaluate`` runs on, for the progress line."""
         return f"{len(texts)} texts"
 
+    def eval_set_id(self, eval_set: Path, texts: list[str]) -> str:
+        """Name + sha256 of the data the gate ran on (recorded in the manifest)."""
+        from functions.core.inference.manifest import sha256_file
+
+        return f"{eval_set.name}@sha256:{sha256_file(eval_set)[:16]}+{len(texts)} texts"
+
     def eval_texts(self, source_dir: Path) -> list[str]:
         """Extra task-specific evaluation texts (e.g. a classifier's held-out split)."""
         return []

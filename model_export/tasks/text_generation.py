@@ -318,6 +318,11 @@ class TextGenerationTask(Task):
     def manifest_fields(self, source_dir: Path, export_dir: Path) -> dict[str, Any]:
         return {"generation": generation_block(source_dir)}
 
+    def eval_set_id(self, eval_set: Path, texts: list[str]) -> str:
+        data = load_eval()
+        return (f"{EVAL_FILE.name}@sha256:{eval_identity()[:16]}+{len(data['questions'])} questions"
+                f"+{len(data['heldout'])} paragraphs")
+
     def eval_description(self, texts: list[str]) -> str:
         data = load_eval()
         return f"{len(data['questions'])} chat questions + {len(data['heldout'])} held-out paragraphs"
