@@ -130,7 +130,7 @@ class StageSettings(_Strict):
     models: tuple[str, ...] = ("all-minilm-l6-v2", "cirrus-intent-minilm")
     default_embedding_model: str = "all-minilm-l6-v2"
     # Models the api function generates text with on Lambda (ONNX, the light path). Default none:
-    # the shipped cirrus-tiny-gpt2 has random weights, a demo that only dev lists in cdk.json.
+    # dev lists the real chat model smollm2-135m-instruct in cdk.json; prod opts in per stage.
     generation_models: tuple[str, ...] = ()
     # Upload .cache/bundles/<model>/ at deploy. False: the bucket starts empty (publish with
     # `python -m model_export publish`); tests synth without built bundles this way.

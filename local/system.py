@@ -247,8 +247,8 @@ class LocalSystem:
 
         fields: dict[str, Any] = dict(prov.settings_fields)
         fields.update(cache_dir=str(self.cfg.state_dir / "cache"), stage=self.cfg.stage,
-                      # The light generation models of the stage imitated (dev: the cirrus-tiny-gpt2
-                      # demo), set explicitly: the functions default to none. Only those published here.
+                      # The light generation models of the stage imitated (dev: the chat model smollm2-135m-instruct)
+                      # set explicitly: the functions default to none. Only those published here.
                       generation_models=[m for m in self.cfg.stage_settings().generation_models if m in models],
                       max_receive_count=prov.queues["Work"].max_receive_count,
                       # One user: files dropped in the bucket (`submit`) show in GET /v1/jobs for the dev key.

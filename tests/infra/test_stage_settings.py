@@ -17,8 +17,8 @@ def test_cdk_json_defines_valid_dev_and_prod_stages():
 
 def test_only_dev_serves_the_random_weight_demo_generator():
     stages = all_stages()
-    assert stages["dev"].generation_models == ("cirrus-tiny-gpt2",)
-    assert stages["prod"].generation_models == () and "cirrus-tiny-gpt2" not in stages["prod"].models
+    assert stages["dev"].generation_models == ("smollm2-135m-instruct",)
+    assert stages["prod"].generation_models == () and "smollm2-135m-instruct" not in stages["prod"].models
     assert parse_stage({"new": {}}, "new").generation_models == ()  # a stage must opt in
 
 def test_default_stage_is_the_context_stage():

@@ -238,7 +238,7 @@ def test_api_function_generates_on_lambda_only_with_the_stages_generation_models
     def api_env(stage):
         fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items() if k.startswith("Functionsapi"))
         return fn["Properties"]["Environment"]["Variables"]
-    assert api_env("dev")["CIRRUS_GENERATION_MODELS"] == "cirrus-tiny-gpt2"
+    assert api_env("dev")["CIRRUS_GENERATION_MODELS"] == "smollm2-135m-instruct"
     assert api_env("prod")["CIRRUS_GENERATION_MODELS"] == ""   # explicit: no random-weight demo in prod
     prod = {"CIRRUS_GENERATION_MODELS": api_env("prod")["CIRRUS_GENERATION_MODELS"]}
     assert Settings.from_env(prod).generation_models == []

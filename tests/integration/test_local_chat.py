@@ -1,7 +1,7 @@
 """Chat completions through the local system: light (ONNX in the api Lambda) and heavy (SageMaker stand-in).
 
-The generator is cirrus-tiny-gpt2, a randomly initialised GPT-2-shaped model: its text is not
-meaningful, so these tests check the protocol, the routing and determinism, not the words.
+The generator is smollm2-135m-instruct, the dev stage's real chat model: both routes must answer a
+factual question correctly with the official openai client, besides the protocol and the routing.
 """
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-GEN_MODEL = "cirrus-tiny-gpt2"
+GEN_MODEL = "smollm2-135m-instruct"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,45 @@ def heavy_model(local_cirrus):
     if not local_cirrus.state.get("heavy_url"):
         pytest.fail("the heavy stand-in is not running: " + "; ".join(local_cirrus.state.get("notes", [])))
     return local_cirrus.state["heavy_model"]
+
+
+def test_the_light_route_answers_the_france_question_with_paris(openai_client):
+    raw = openai_client.chat.completions.with_raw_response.create(model=GEN_MODEL, messages=FRANCE, temperature=0,
+                                                                  max_tokens=32)
+    out = raw.parse()
+    assert raw.headers["x-cirrus-route"].startswith("light")
+    text = out.choices[0].message.content
+    assert "Paris" in text and text[:1].isupper() and " " in text.strip(), text
+
+
+def test_the_heavy_route_answers_the_france_question_with_paris(openai_client, heavy_model):
+    raw = openai_client.chat.completions.with_raw_response.create(model=heavy_model, messages=FRANCE,
+                                                                  temperature=0, max_tokens=32)
+    assert raw.headers["x-cirrus-route"].startswith("heavy")
+    text = raw.parse().choices[0].message.content
+    assert "Paris" in text and " " in text.strip(), text
+
+
+def test_openai_client_sampling_fields_on_the_light_path(openai_client):
+    out = openai_client.chat.completions.create(model=GEN_MODEL, messages=FRANCE, max_completion_tokens=6, n=2,
+                                                seed=11, temperature=0.8, presence_penalty=0.5,
+                                                frequency_penalty=0.5, logprobs=True, top_logprobs=2,
+                                                user="it-test", stop=["\n\n"])
+    assert len(out.choices) == 2
+    for c in out.choices:
+        assert 1 <= len(c.logprobs.content) <= 6 and all(len(t.top_logprobs) == 2
+                                                                         for t in c.logprobs.content)
+    assert out.usage.completion_tokens <= 12
+
+
+def test_tools_on_the_light_route_are_refused_by_name(openai_client):
+    from openai import UnprocessableEntityError
+
+    with pytest.raises(UnprocessableEntityError) as exc:
+        openai_client.chat.completions.create(model=GEN_MODEL, messages=FRANCE, max_tokens=4, tools=[
+            {"type": "function", "function": {"name": "capital", "parameters": {"type": "object"}}}])
+    err = exc.value.body
+    assert err["param"] == "tools" and "heavy route" in err["message"]
 
 
 def test_openai_client_chat_completion_on_the_light_path(openai_client):
