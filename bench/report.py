@@ -4,9 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 REFERENCE = "pytorch-fp32"
-LABELS = {"pytorch-fp32": "PyTorch fp32", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8 (shipped)",
-          "onnx-int8-u8s8": "ONNX int8 u8s8 (candidate)",
-          "onnx-bare": "onnxruntime + tokenizers only (floor)"}
+PEER = "fastembed-int8"
+SHIPPED = "onnx-int8"
+LABELS = {"pytorch-fp32": "PyTorch fp32 (sentence-transformers)",
+          "st-onnx-int8": "sentence-transformers ONNX int8",
+          "fastembed-int8": "fastembed int8 (fused, per-channel s8)",
+          "ort-fastembed-file": "plain onnxruntime on fastembed's file",
+          "onnx-int8": "Cirrus runtime, shipped bundle",
+          "onnx-fp32": "Cirrus runtime, fp32 export",
+          "onnx-bare": "onnxruntime + tokenizers on the shipped file (floor)"}
 
 
 def _engines(cell: dict) -> list[str]:
@@ -47,6 +53,7 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
     for t in r["targets"]:
         lines.append(f"| {t['name']} | {t['measured']} | {t['need']} | {'met' if t['met'] else '**missed**'} |")
 
+    lines += ["", *peer_table(r)]
     w = r["workloads"]
     lines += ["", "## Latency and throughput", "",
               "Workloads (tokens incl. [CLS]/[SEP]): " + ", ".join(
@@ -73,18 +80,19 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
               "100 samples p99 is close to the maximum."]
 
     lines += ["", "## Parity, memory, files", "",
-              "| engine | mean cos vs PyTorch | p1 cos | min cos | peak RSS MB: loaded / medium b1 / medium b32 / long b32 | file MB |",
-              "|---|---|---|---|---|---|"]
+              "| engine | gate set mean / p1 / min | held-out mean / p1 / min | peak RSS MB: loaded / b1 / medium b32 / long b32 | file MB |",
+              "|---|---|---|---|---|"]
     for e in engines:
-        p = r["parity"].get(e)
-        mem = r["memory"][e]
-        cos = f"{p['mean_cosine']:.4f} | {p['p1_cosine']:.4f} | {p['min_cosine']:.4f}" if p else "reference | | "
-        lines.append(f"| {LABELS[e]} | {cos} | {mem['after_load']:.0f} / {mem['medium_b1']:.0f} / "
-                     f"{mem['medium_b32']:.0f} / {mem['long_b32']:.0f} | {r['files'][e]['mb']} |")
-    n_par = next(iter(r["parity"].values()))["n_texts"]
-    lines += ["", f"Parity over {n_par} texts (the export gate's eval set plus every workload text). "
-              "Peak RSS (high-water mark) of a fresh process per engine (all threads), read after loading and "
-              "after each growing workload."]
+        cells_p = []
+        for key in ("gate", "held-out"):
+            p = r["parity"].get(key, {}).get(e)
+            cells_p.append(f"{p['mean_cosine']:.4f} / {p['p1_cosine']:.4f} / {p['min_cosine']:.4f}" if p else "reference")
+        mem = r.get("memory", {}).get(e)
+        mem_s = (f"{mem['after_load']:.0f} / {mem['b1_b1']:.0f} / {mem['medium_b32']:.0f} / {mem['long_b32']:.0f}"
+                 if mem else "-")
+        lines.append(f"| {LABELS[e]} | {cells_p[0]} | {cells_p[1]} | {mem_s} | {r['files'].get(e, {}).get('mb', '-')} |")
+    lines += ["", "Parity: every engine embeds the same texts in batches of 32, cosine against PyTorch fp32 "
+              "(sentence-transformers). Peak RSS (high-water mark) of a fresh process per engine (all threads)."]
 
     cold = r.get("cold_start")
     if cold:
@@ -107,13 +115,13 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
               f"Theoretical ({pk['theoretical']['note']}): fp32 {pk['theoretical']['fp32_gflops']} GFLOP/s, "
               f"int8 u8s8 {pk['theoretical']['int8_gops_u8s8']} GOP/s.", "",
               "| texts | tokens | GFLOP/text | " + " | ".join(f"{LABELS[e]} GFLOP/s" for e in engines)
-              + " | int8 / u8u8 peak | int8 / fp32 peak |", "|" + "---|" * (5 + len(engines))]
+              + " | int8 / u8s8 peak | int8 / fp32 peak |", "|" + "---|" * (5 + len(engines))]
     for wname, row in ce["per_workload"].items():
         lines.append(f"| {wname} | {row['mean_tokens']} | {row['gflops_per_text']} | "
                      + " | ".join(str(row.get(f"{e}_gflops", "-")) for e in engines)
-                     + f" | {row.get('int8_fraction_of_u8u8_peak', '-')} | {row.get('int8_fraction_of_fp32_peak', '-')} |")
-    lines += ["", "At batch 32, all threads. The shipped int8 model is mixed precision: the FFN down-projections "
-              "and the attention products stay fp32, so neither peak alone is its ceiling."]
+                     + f" | {row.get('int8_fraction_of_u8s8_peak', '-')} | {row.get('int8_fraction_of_fp32_peak', '-')} |")
+    lines += ["", "At batch 32, all threads. The shipped model's profile decides how much stays fp32 "
+              "(manifest `profile`), so neither peak alone is its ceiling."]
 
     prof = r.get("profile")
     if prof:
@@ -169,32 +177,62 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
         lines.append(f"Not measured in this run: {(b or {}).get('unavailable', 'skipped')}.")
 
     co = r["cost"]
-    lines += ["", "## Cost", "", f"Prices {co['prices']['as_of']}: Lambda x86 "
-              f"${co['prices']['lambda_x86_gb_second']} per GB-s and ${co['prices']['lambda_request'] * 1e6:.2f} per "
-              f"million requests; API Gateway REST ${co['prices']['api_gateway_rest_request'] * 1e6:.2f} per million; "
-              f"SageMaker ml.g5.xlarge ${co['prices']['sagemaker_ml_g5_xlarge_hour']}/h "
-              f"(${co['gpu_endpoint']['usd_per_month_always_on']:.0f}/month always on).", "",
+    px = co["prices"]
+    lines += ["", "## Cost per memory size and architecture", "",
+              f"Prices {px['as_of']}: Lambda ${px['lambda_gb_second']['x86_64']} (x86_64) / "
+              f"${px['lambda_gb_second']['arm64']} (arm64) per GB-s, ${px['lambda_request'] * 1e6:.2f} per million "
+              f"requests; API Gateway REST ${px['api_gateway_rest_request'] * 1e6:.2f} per million.", "",
               "Assumptions: " + " ".join(co["assumptions"].split()), "",
-              "Medium texts (~40 tokens). $ per million embeddings:", "",
-              "| engine | memory MB | vCPU | batch-1 ms | $/M batch 1 | + API Gateway | batch-32 ms | $/M batch 32 |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| engine | arch | memory MB (vCPUs) | measured as | b1 ms | $/M b1 | + API Gateway | b32x40 ms | $/M b32 |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|"]
     for row in co["rows"]:
-        nf1 = "" if row["fits_b1"] else " (does not fit)"
-        nf32 = "" if row["fits_b32"] else " (does not fit)"
-        lines.append(f"| {LABELS[row['engine']]} | {row['memory_mb']} | {row['vcpu_share']} | {row['b1_latency_ms']} | "
-                     f"{row['usd_per_million_b1']}{nf1} | {row['usd_per_million_b1_with_api_gateway']} | "
-                     f"{row['b32_latency_ms']} | {row['usd_per_million_b32']}{nf32} |")
+        fit = "" if row["fits"] else " (does not fit)"
+        lines.append(f"| {LABELS.get(row['engine'], row['engine'])} | {row['arch']} | {row['memory_mb']} ({row['vcpus']}){fit} | "
+                     f"{row['measured_on']} | {row['b1_latency_ms']} | {row['usd_per_million_b1']} | "
+                     f"{row['usd_per_million_b1_with_api_gateway']} | {row['b32_latency_ms']} | {row['usd_per_million_b32']} |")
     lines.append("")
-    for e, be in co["break_even"].items():
-        lines.append(f"- {LABELS[e]}: cheapest batch-1 at {be['cheapest_b1']['memory_mb']} MB "
-                     f"(${be['cheapest_b1']['usd_per_million']}/M); an always-on ml.g5.xlarge costs the same only above "
-                     f"{be['cheapest_b1']['gpu_break_even_per_s']} embeddings/s sustained. Batch 32 at "
-                     f"{be['cheapest_b32']['memory_mb']} MB: ${be['cheapest_b32']['usd_per_million']}/M, "
-                     f"break-even {be['cheapest_b32']['gpu_break_even_per_s']}/s.")
-    lines.append("\nThe GPU figure is a price comparison, not a measurement: no GPU endpoint was run here.")
+    for arch, rec in co["recommendation"].items():
+        lines.append(f"- Recommended for the stage on {arch}: API {rec['api']['memory_mb']} MB "
+                     f"(${rec['api']['usd_per_million']}/M, {rec['api']['latency_ms']} ms per text); batch worker "
+                     f"{rec['batch']['memory_mb']} MB (${rec['batch']['usd_per_million']}/M at batch 32).")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def peer_table(r: dict) -> list[str]:
+    """The issue's table: one row per system, speed columns and ratios vs fastembed and PyTorch."""
+    lat = r["latency"]
+    t = max(c["threads"] for c in lat.values())
+    cols = [(f"t{t}/b1/b1", "b1 p50 ms"), (f"t{t}/medium/b32", "b32x40 texts/s"), (f"t{t}/long/b32", "b32x250 texts/s")]
+    cold = r.get("cold_start", {})
+    par = r["parity"]
+    lines = ["## Peer table", "",
+             f"{t} threads, same interleaved rounds for every system; all-MiniLM-L6-v2, same weights everywhere. "
+             f"Parity = cosine to PyTorch fp32 (mean / p1) on the gate's set ({_n(par, 'gate')} texts) and on the "
+             f"held-out set ({_n(par, 'held-out')} texts) the gate never sees. onnxruntime int8 GEMM path here: "
+             f"{r['machine'].get('int8_kernel_path', '?')}.", "",
+             "| system | " + " | ".join(c[1] for c in cols) + " | cold start s | parity gate set | parity held-out | "
+             "x fastembed (b1 / b32x40 / b32x250) | x PyTorch (same) |",
+             "|---|" + "---:|" * (len(cols) + 1) + "---|---|---|---|"]
+    for e in r.get("engines", _engines(lat[cols[0][0]])):
+        vals = [f"{lat[k][e]['p50_ms']:.2f}" if k.endswith("/b1") else f"{lat[k][e]['texts_per_s']:.1f}" for k, _ in cols]
+        cs = cold.get(e, {}).get("first_result_s_median")
+        pg = "reference" if e == REFERENCE else _cos(par["gate"].get(e))
+        ph = "reference" if e == REFERENCE else _cos(par["held-out"].get(e))
+        xf = " / ".join(_x(lat[k][PEER]["p50_ms"], lat[k][e]["p50_ms"]) for k, _ in cols)
+        xp = " / ".join(_x(lat[k][REFERENCE]["p50_ms"], lat[k][e]["p50_ms"]) for k, _ in cols)
+        name = f"**{LABELS.get(e, e)}**" if e == SHIPPED else LABELS.get(e, e)
+        lines.append(f"| {name} | " + " | ".join(vals) + f" | {cs if cs is not None else '-'} | {pg} | {ph} | {xf} | {xp} |")
+    return lines
+
+
+def _n(par: dict, key: str) -> int:
+    return next(iter(par[key].values()))["n_texts"] if par.get(key) else 0
+
+
+def _cos(p: dict | None) -> str:
+    return f"{p['mean_cosine']:.4f} / {p['p1_cosine']:.4f}" if p else "-"
 
 
 def _busy_warning(r: dict) -> list[str]:
@@ -220,55 +258,46 @@ def _plots(r: dict, out: Path) -> list[str]:
 
     written = []
     lat = r["latency"]
-    threads = max(c["threads"] for c in lat.values())
-    engines = _engines(next(iter(lat.values())))
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    for ax, wname in zip(axes, ("short", "medium", "long")):
-        cells = sorted((c for c in lat.values() if c["threads"] == threads and c["workload"] == wname),
-                       key=lambda c: c["batch"])
-        for e in engines:
-            xs = [c["batch"] for c in cells]
-            ax.plot(xs, [c[e]["p50_ms"] / c["batch"] for c in cells], marker="o", label=LABELS[e])
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch size")
-        ax.set_ylabel("p50 ms per text (this machine)")
-        ax.set_title(f"{wname} texts (~{r['workloads'][wname]['mean_tokens']:.0f} tokens), {threads} threads")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"Latency vs batch size - {r['machine']['cpu_model']}, {r['machine']['cores']} cores")
+    t = max(c["threads"] for c in lat.values())
+    engines = r.get("engines") or _engines(next(iter(lat.values())))
+    cols = [(f"t{t}/b1/b1", "batch 1 (12 tokens)"), (f"t{t}/medium/b32", "batch 32 x ~40"), (f"t{t}/long/b32", "batch 32 x ~250")]
+    fig, axes = plt.subplots(1, len(cols), figsize=(15, 4.6))
+    for ax, (key, title) in zip(axes, cols):
+        ratios = [lat[key][PEER]["p50_ms"] / lat[key][e]["p50_ms"] for e in engines]
+        bars = ax.barh([LABELS.get(e, e) for e in engines], ratios,
+                       color=["C3" if e == SHIPPED else "C0" for e in engines])
+        ax.axvline(1.0, color="k", lw=0.8, ls="--")
+        for bar, v in zip(bars, ratios):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {v:.2f}x", va="center", fontsize=8)
+        ax.set_title(f"{title}, {t} threads")
+        ax.set_xlabel("speed vs fastembed int8 (same run)")
+        if ax is not axes[0]:
+            ax.set_yticklabels([])
+    fig.suptitle(f"Peers, all-MiniLM-L6-v2 - {r['machine']['cpu_model']}, {r['machine']['cores']} cores")
     fig.tight_layout()
-    fig.savefig(out / "latency_vs_batch.png", dpi=110)
+    fig.savefig(out / "peers.png", dpi=110)
     plt.close(fig)
-    written.append("latency_vs_batch.png")
+    written.append("peers.png")
 
-    rows = r["cost"]["rows"]
+    rows = [row for row in r["cost"]["rows"] if row["fits"]]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    labels = sorted({(row["engine"], row["arch"]) for row in rows}, key=lambda k: (list(LABELS).index(k[0]), k[1]))
     for ax, key, title in ((axes[0], "usd_per_million_b1", "one text per request"),
-                           (axes[1], "usd_per_million_b32", "32 texts per invocation (batch jobs)")):
+                           (axes[1], "usd_per_million_b32", "32 texts per model call (batch jobs)")):
         mems = sorted({row["memory_mb"] for row in rows})
-        width = 0.38
-        fit_key = "fits_b1" if key.endswith("b1") else "fits_b32"
-        for i, e in enumerate(sorted({row["engine"] for row in rows}, key=list(LABELS).index)):
-            vals = {row["memory_mb"]: row for row in rows if row["engine"] == e}
-            xs = [j + (i - 0.5) * width for j in range(len(mems))]
-            bars = ax.bar(xs, [vals[mm][key] for mm in mems], width, color=f"C{i}")
-            for bar, mm in zip(bars, mems):
-                if not vals[mm][fit_key]:
-                    bar.set_hatch("//")
-                    bar.set_alpha(0.4)
-        ax.set_xticks(range(len(mems)), [str(mm) for mm in mems])
-        ax.set_xlabel("Lambda memory MB")
+        width = 0.8 / max(1, len(labels))
+        for i, (e, arch) in enumerate(labels):
+            vals = {row["memory_mb"]: row[key] for row in rows if row["engine"] == e and row["arch"] == arch}
+            ax.bar([j + (i - len(labels) / 2 + 0.5) * width for j in range(len(mems))],
+                   [vals.get(mm, 0) for mm in mems], width, label=f"{LABELS.get(e, e)}, {arch}")
+        ax.set_xticks(range(len(mems)), [f"{mm} MB" for mm in mems])
         ax.set_ylabel("$ per million embeddings")
-        ax.set_title(f"Lambda, medium texts, {title}")
+        ax.set_title(f"Lambda, {title}")
         ax.set_yscale("log")
         ax.grid(True, axis="y", which="both", alpha=0.3)
-    from matplotlib.patches import Patch
-
-    axes[0].legend(handles=[Patch(color=f"C{i}", label=LABELS[e]) for i, e in enumerate(
-        sorted({row["engine"] for row in rows}, key=list(LABELS).index))], fontsize=8)
-    fig.suptitle(f"Cost per million embeddings (prices {r['cost']['prices']['as_of'].split(' (')[0]}, assumed; hatched: "
-                 "does not fit in memory)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"Cost per million embeddings (prices {r['cost']['prices']['as_of'].split(' (')[0]}, assumed; "
+                 "vCPUs emulated with thread counts)")
     fig.tight_layout()
     fig.savefig(out / "cost_per_million.png", dpi=110)
     plt.close(fig)

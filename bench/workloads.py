@@ -15,6 +15,11 @@ from model_export.pipeline import EVAL_SET, load_eval_texts
 
 TARGETS = {"short": 8, "medium": 40, "long": 250}
 PER_WORKLOAD = 32
+# The peer table's batch-1 text: 12 tokens with [CLS]/[SEP] (checked in tests/unit/test_bench_peers.py).
+BATCH1_TEXT = "How do I reset the password of my account?"
+# Held-out parity texts (written for the bench, never read by the export gate): a second opinion
+# on accuracy, so a recipe tuned on the gate's set cannot pass by fitting it.
+PARITY_SET = Path(__file__).parent / "data" / "parity_texts.jsonl"
 
 
 def _english(path: Path = EVAL_SET) -> list[str]:
@@ -53,6 +58,10 @@ def token_stats(tokenizer_path: Path, workloads: dict[str, list[str]]) -> dict[s
         out[name] = {"target": TARGETS[name], "mean_tokens": round(sum(counts) / len(counts), 1),
                      "min_tokens": min(counts), "max_tokens": max(counts), "texts": len(texts)}
     return out
+
+
+def held_out_texts(path: Path = PARITY_SET) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def parity_texts(workloads: dict[str, list[str]]) -> list[str]:

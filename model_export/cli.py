@@ -43,7 +43,12 @@ def _task_arg(p: argparse.ArgumentParser) -> None:
 
 def _quant_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch", choices=ARCHES, default="x86_64",
-                   help="target CPU: x86_64 (AVX2-safe u8/u8 preset) or arm64 (u8/s8)")
+                   help="target CPU family, recorded in the manifest (7-bit s8 weights run exactly on both)")
+    p.add_argument("--weights", choices=("s8", "u8"), default="s8", help="int8 weight type (activations are u8)")
+    p.add_argument("--full-range", action="store_true",
+                   help="8-bit instead of 7-bit s8 weights (arm64 / VNNI only: can saturate on AVX2 without VNNI)")
+    p.add_argument("--fuse", action="store_true",
+                   help="fuse attention, layer norms and GELU (onnxruntime transformer optimizer) before quantizing")
     p.add_argument("--no-quantize", action="store_true", help="ship fp32 (no int8 file)")
     p.add_argument("--per-tensor", action="store_true", help="per-tensor weights (measured worse; see docs)")
     p.add_argument("--exclude", action="append", default=None, metavar="REGEX",
@@ -121,6 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="folder receiving <name>/ bundles")
     p.add_argument("--only", action="append", default=None, metavar="NAME", help="only this bundle (repeatable)")
     p.add_argument("--rebuild", action="store_true", help="rebuild even when cached")
+    p.add_argument("--profile", choices=("accurate", "fast"), default=None,
+                   help="quantization profile of the embedding model (default: $CIRRUS_QUANT_PROFILE, "
+                        "else accurate); each has its own gate, recorded in the manifest (docs/quantization.md)")
 
     for sub in verbs.choices.values():
         _common(sub)
@@ -148,7 +156,8 @@ def _quant_config(args) -> QuantizeConfig:
     exclude = tuple(args.exclude) if args.exclude is not None else task.quantize_exclude
     return QuantizeConfig(enabled=not args.no_quantize, arch=args.arch, per_channel=not args.per_tensor,
                           fp32_activation_matmul=not args.quantize_activation_matmul, exclude=exclude,
-                          method=method, weight_only=weight_only)
+                          method=method, weight_only=weight_only,
+                          weights=args.weights, reduce_range=not args.full_range, fuse=args.fuse)
 
 
 def _name(args) -> str:
@@ -238,7 +247,8 @@ def _build_defaults(args, progress):
     from model_export.defaults import ensure_default_bundles
     from functions.core.inference.manifest import Manifest
 
-    bundles = ensure_default_bundles(args.out, args.only, rebuild=args.rebuild, progress=progress)
+    bundles = ensure_default_bundles(args.out, args.only, rebuild=args.rebuild, profile=args.profile,
+                                     progress=progress)
     return {name: _manifest_summary(Manifest.read(path), path) for name, path in bundles.items()}
 
 

@@ -10,6 +10,7 @@ from model_export.errors import ExportError
 
 Arch = Literal["x86_64", "arm64"]
 ARCHES: tuple[str, ...] = ("x86_64", "arm64")
+WEIGHT_TYPES: tuple[str, ...] = ("s8", "u8")
 
 
 Method = Literal["dynamic-int8", "weight-only"]
@@ -61,6 +62,10 @@ class QuantizeConfig:
 
     ``exclude`` holds regexes (``re.search``) of ONNX node names left in fp32 (see docs/quantization.md for why
     the defaults per task exclude what they do); ``operators`` limits the op types quantized.
+    For ``dynamic-int8``: ``weights`` is the weight type (activations are always u8, quantized per
+    call); ``reduce_range`` stores s8 weights in 7 bits (|w| <= 64), which makes every x86 and arm64
+    kernel path compute the same exact integer sums (docs/quantization.md: no VPMADDUBSW
+    saturation on AVX2 without VNNI); ``fuse`` applies onnxruntime's transformer fusions first.
     """
 
     enabled: bool = True
@@ -71,10 +76,20 @@ class QuantizeConfig:
     fp32_activation_matmul: bool = True
     exclude: tuple[str, ...] = ()
     operators: tuple[str, ...] | None = None
+    weights: Literal["s8", "u8"] = "s8"
+    reduce_range: bool = True
+    fuse: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHES:
             raise ExportError(f"unknown arch {self.arch!r} (choose from {', '.join(ARCHES)})")
+        if self.weights not in WEIGHT_TYPES:
+            raise ExportError(f"unknown weight type {self.weights!r} (choose from {', '.join(WEIGHT_TYPES)})")
+        if self.method == "dynamic-int8" and self.weights == "s8" and not self.reduce_range and self.arch == "x86_64":
+            # Full-range s8 weights can saturate VPMADDUBSW's int16 pair sums on AVX2 CPUs
+            # without VNNI, which Lambda x86 may be: the gate would not hold there.
+            raise ExportError("full-range s8 weights are not safe on x86_64 without VNNI; "
+                              "keep reduce_range (7-bit) or use u8 weights")
         if self.method not in METHODS:
             raise ExportError(f"unknown quantization method {self.method!r} (choose from {', '.join(METHODS)})")
         if isinstance(self.weight_only, dict):  # read back from work.json
@@ -90,11 +105,13 @@ class QuantizeConfig:
 
     @property
     def preset(self) -> str | None:
+        """Activation x weight integer types of dynamic int8, as the manifest records them (``u8s8-7bit``)."""
         if not self.enabled or self.method != "dynamic-int8":
             return None
-        # Lambda x86 guarantees AVX2 but not VNNI: the avx2 preset (u8/u8) avoids the VPMADDUBSW
-        # saturation that u8/s8 hits without VNNI. arm64 uses u8/s8 (fast on Graviton).
-        return "avx2" if self.arch == "x86_64" else "arm64"
+        return f"u8{self.weights}" + ("-7bit" if self.reduce_range else "") + ("-fused" if self.fuse else "")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -185,8 +185,8 @@ def quantize_stage(work_dir: Path, qconfig: QuantizeConfig, *, progress: Progres
             excluded = weight_only_quantize(work_dir / FP32_FILE, work_dir / INT8_FILE, qconfig.weight_only)
         work["sizes"]["int8_bytes"] = (work_dir / INT8_FILE).stat().st_size
     elif qconfig.enabled:
-        with progress.stage("quantize", f"dynamic int8, {qconfig.preset} preset, per_channel={qconfig.per_channel}"):
-            excluded = quantize(work_dir / FP32_FILE, work_dir / INT8_FILE, qconfig)
+        with progress.stage("quantize", f"dynamic int8, {qconfig.preset}, per_channel={qconfig.per_channel}"):
+            excluded = quantize(work_dir / FP32_FILE, work_dir / INT8_FILE, qconfig, model_config=work_dir / "config.json")
         work["sizes"]["int8_bytes"] = (work_dir / INT8_FILE).stat().st_size
     else:
         (work_dir / INT8_FILE).unlink(missing_ok=True)

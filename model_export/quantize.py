@@ -1,9 +1,9 @@
-"""Dynamic int8 quantization of an exported ONNX file with the target architecture's preset."""
+"""Dynamic int8 quantization of an exported ONNX file (optionally fused first) with onnxruntime's quantizer."""
 from __future__ import annotations
 
+import json
 import logging
 import re
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -27,6 +27,7 @@ def activation_matmuls(onnx_path: Path) -> list[str]:
 
     Dynamic quantization would requantize softmax probabilities to uint8 per batch, which costs
     most of the attention accuracy and saves no weight bytes, so they stay fp32 by default.
+    (A fused graph has none: they live inside its Attention nodes.)
     """
     import onnx
 
@@ -36,30 +37,67 @@ def activation_matmuls(onnx_path: Path) -> list[str]:
             if n.op_type == "MatMul" and not any(i in weights for i in n.input)]
 
 
-def quantize(onnx_path: Path, out_path: Path, config: QuantizeConfig) -> list[str]:
-    """Write the int8 model to ``out_path``; return the node names left in fp32."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+def fuse(onnx_path: Path, out_path: Path, model_config: Path) -> None:
+    """onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm).
+
+    ``opt_level=0`` applies only those fusions, nothing tied to the CPU that runs the export, so
+    the file is the same whichever machine built it; the runtime's own graph optimizations still
+    run at session creation. Node names of the remaining MatMuls (FFN, attention output) are kept,
+    so exclusion regexes written for the unfused graph still apply.
+    """
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    try:
+        cfg = json.loads(Path(model_config).read_text())
+        heads, hidden = int(cfg["num_attention_heads"]), int(cfg["hidden_size"])
+    except (OSError, KeyError, ValueError) as exc:
+        raise ExportError(f"fusion needs num_attention_heads and hidden_size from {model_config}: {exc}") from None
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    model = optimize_model(str(onnx_path), model_type="bert", num_heads=heads, hidden_size=hidden,
+                           opt_level=0, use_gpu=False)
+    if not model.get_nodes_by_op_type("Attention"):
+        raise ExportError("fusion found no attention block to fuse (not a BERT-family graph?); "
+                          "quantize without --fuse")
+    model.save_model_to_file(str(out_path))
+
+
+def quantize(onnx_path: Path, out_path: Path, config: QuantizeConfig, *,
+             model_config: Path | None = None) -> list[str]:
+    """Write the int8 model to ``out_path``; return the node names left in fp32.
+
+    ``model_config`` (the model's config.json, default: next to ``onnx_path``) gives the head
+    count and width fusion needs.
+    """
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     if not config.enabled:
         raise ExportError("quantize called with quantization disabled")
-    excluded = matching_nodes(onnx_path, config.exclude)
-    if config.fp32_activation_matmul:
-        excluded += [n for n in activation_matmuls(onnx_path) if n not in excluded]
-    factory = AutoQuantizationConfig.avx2 if config.preset == "avx2" else AutoQuantizationConfig.arm64
-    qconfig = factory(is_static=False, per_channel=config.per_channel, nodes_to_exclude=excluded,
-                      operators_to_quantize=list(config.operators) if config.operators else None)
-    # optimum's quantizer logs every node at INFO; keep the CLI's stage lines readable.
-    logging.getLogger("optimum").setLevel(logging.WARNING)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="cirrus-quant-") as tmp:
-        # ORTQuantizer wants a folder; give it only the model so it copies nothing else around.
-        src = Path(tmp) / "in"
-        src.mkdir()
-        shutil.copyfile(onnx_path, src / "model.onnx")
-        quantizer = ORTQuantizer.from_pretrained(src, file_name="model.onnx")
-        quantizer.quantize(qconfig, Path(tmp) / "out")
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(Path(tmp) / "out" / "model_quantized.onnx", out_path)
+        src = Path(onnx_path)
+        if config.fuse:
+            src = Path(tmp) / "fused.onnx"
+            fuse(onnx_path, src, model_config or Path(onnx_path).parent / "config.json")
+        excluded = matching_nodes(src, config.exclude)
+        if config.fp32_activation_matmul:
+            excluded += [n for n in activation_matmuls(src) if n not in excluded]
+        # The quantizer warns on the root logger to run its pre-processing (shape inference for
+        # static models); dynamic quantization of these graphs does not need it.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)
+        try:
+            quantize_dynamic(
+                src, out_path, per_channel=config.per_channel, reduce_range=config.reduce_range,
+                weight_type=QuantType.QInt8 if config.weights == "s8" else QuantType.QUInt8,
+                op_types_to_quantize=list(config.operators) if config.operators else None,
+                nodes_to_exclude=excluded,
+                # The quantizer cannot infer the types of com.microsoft fused ops ("Unable to find
+                # data type ... shape_inference failed"); they are all float here.
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+        finally:
+            root.setLevel(level)
     return excluded
 
 

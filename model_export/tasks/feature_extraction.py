@@ -33,7 +33,9 @@ class FeatureExtraction(EncoderTask):
     name = "feature-extraction"
     optimum_task = "feature-extraction"
     output_name = "last_hidden_state"
-    thresholds = {"mean_cosine": Threshold(0.99), "p1_cosine": Threshold(0.97),
+    # Issue 13's gate: every recipe shipped for MiniLM meets it on the gate's set and the
+    # held-out bench set (docs/quantization.md).
+    thresholds = {"mean_cosine": Threshold(0.995), "p1_cosine": Threshold(0.98),
                   "nn_agreement": Threshold(0.98)}
 
     def default_max_length(self, source_dir: Path) -> int:
