@@ -14,6 +14,8 @@ all-MiniLM-L6-v2). Peers are used as their users would use them:
   what fastembed's file can do).
 - ``onnx-int8``: Cirrus's runtime on the shipped bundle, loaded through ``model_store.get_model``
   exactly as the API and batch workers load it.
+- ``onnx-int8-fast``: Cirrus's runtime on the same model built with the ``fast`` profile
+  (``model_export.defaults.PROFILES``), as a stage that picks it would serve it.
 
 Peer packages are bench-only (bench/requirements-peers.txt, installed into .cache/bench-peers by
 ``make bench-peers``) and are imported from there; Cirrus's engine never imports them.
@@ -31,8 +33,8 @@ import numpy as np
 from functions.core.inference.manifest import Manifest
 
 MODEL_NAME = "all-minilm-l6-v2"
-ENGINES = ("pytorch-fp32", "st-onnx-int8", "fastembed-int8", "ort-fastembed-file", "onnx-int8")
-PEERS = ENGINES[:-1]
+ENGINES = ("pytorch-fp32", "st-onnx-int8", "fastembed-int8", "ort-fastembed-file", "onnx-int8", "onnx-int8-fast")
+PEERS = ENGINES[:4]
 CANDIDATES = ("onnx-fp32",)  # measured for comparison (`--candidates`), never shipped by the bench
 PEER_DIR = Path(__file__).resolve().parents[1] / ".cache" / "bench-peers"
 Embed = Callable[[list[str]], np.ndarray]
@@ -69,6 +71,15 @@ def fp32_bundle(bundles_dir: Path, cache_dir: Path, *, say: Callable[[str], None
                                                           "nodes_excluded": []}))
     shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def fast_bundle(cache_dir: Path, *, say: Callable[[str], None] = print) -> Path:
+    """The default embedding bundle built with the ``fast`` profile (cached like any default bundle)."""
+    from model_export.defaults import ensure_default_bundles
+
+    out = cache_dir / "bundles-fast"
+    say(f"the fast-profile bundle in {out} (built once)")
+    return ensure_default_bundles(out, [MODEL_NAME], profile="fast")[MODEL_NAME]
 
 
 def st_cpu_config() -> str:

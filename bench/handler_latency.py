@@ -52,13 +52,17 @@ def summary(samples: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
 
 
-def timed(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+def interleaved(fns: dict[str, object], n: int) -> dict[str, dict[str, float]]:
+    """Time each function ``n`` times, round-robin in a rotating order (host noise hits all alike)."""
+    names = list(fns)
+    samples: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(n):
+        shift = i % len(names)
+        for k in names[shift:] + names[:shift]:
+            t = time.perf_counter()
+            fns[k]()
+            samples[k].append(time.perf_counter() - t)
+    return {k: summary(v) for k, v in samples.items()}
 
 
 def main() -> None:
@@ -108,17 +112,16 @@ def main() -> None:
     results = {
         "threads": model.threads,
         "model_version": model.version,
-        "single": {
-            "raw_session": summary(timed(lambda: session.run([model.manifest.output_name], feeds), args.n)),
-            "runtime_embed": summary(timed(lambda: model.embed([text]), args.n)),
-            "handler": summary(timed(lambda: handler(event, Ctx()), args.n)),
-        },
-        f"batch{args.batch}": {
-            "raw_session": summary(timed(lambda: session.run([model.manifest.output_name], batch_feeds),
-                                         max(20, args.n // 10))),
-            "runtime_embed": summary(timed(lambda: model.embed(batch_texts), max(20, args.n // 10))),
-            "handler": summary(timed(lambda: handler(batch_event, Ctx()), max(20, args.n // 10))),
-        },
+        "single": interleaved({
+            "raw_session": lambda: session.run([model.manifest.output_name], feeds),
+            "runtime_embed": lambda: model.embed([text]),
+            "handler": lambda: handler(event, Ctx()),
+        }, args.n),
+        f"batch{args.batch}": interleaved({
+            "raw_session": lambda: session.run([model.manifest.output_name], batch_feeds),
+            "runtime_embed": lambda: model.embed(batch_texts),
+            "handler": lambda: handler(batch_event, Ctx()),
+        }, max(20, args.n // 10)),
         "cold_start": {
             "runs": cold,
             "first_response_s_median": round(statistics.median(c["first_response_s"] for c in cold), 3),

@@ -10,7 +10,8 @@ LABELS = {"pytorch-fp32": "PyTorch fp32 (sentence-transformers)",
           "st-onnx-int8": "sentence-transformers ONNX int8",
           "fastembed-int8": "fastembed int8 (fused, per-channel s8)",
           "ort-fastembed-file": "plain onnxruntime on fastembed's file",
-          "onnx-int8": "Cirrus runtime, shipped bundle",
+          "onnx-int8": "Cirrus runtime, shipped bundle (accurate profile)",
+          "onnx-int8-fast": "Cirrus runtime, fast profile",
           "onnx-fp32": "Cirrus runtime, fp32 export",
           "onnx-bare": "onnxruntime + tokenizers on the shipped file (floor)"}
 

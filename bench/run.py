@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     dirs = {"onnx-fp32": engines.fp32_bundle(args.bundles, args.cache, say=say)}
     dirs["fastembed-int8"] = engines.fastembed_dir(args.cache, dirs["onnx-fp32"], say=say)
     dirs["st-onnx-int8"] = engines.st_onnx_dir(args.cache, say=say)
+    dirs["onnx-int8-fast"] = engines.fast_bundle(args.cache, say=say)
     names = list(engines.ENGINES) + (list(engines.CANDIDATES) if args.candidates else [])
     results["engines"] = names
     results["files"] = _files(shipped_dir, dirs)
@@ -211,7 +212,8 @@ def _profile(shipped_dir: Path, dirs: dict[str, Path], texts: dict, plan: Plan, 
 
     model = OnnxModel(shipped_dir, verify_bundle(shipped_dir), intra_op_threads=1)
     feeds = profile.feeds_for(model, texts["medium"])
-    files = {"onnx-int8": shipped_dir / "model.onnx", "fastembed-int8": dirs["fastembed-int8"] / "model.onnx"}
+    files = {"onnx-int8": shipped_dir / "model.onnx", "onnx-int8-fast": dirs["onnx-int8-fast"] / "model.onnx",
+             "fastembed-int8": dirs["fastembed-int8"] / "model.onnx"}
     out = {"ops": {}, "tokenizer": {}}
     for name, f in files.items():
         out["ops"][name] = profile.op_profile(f, feeds, threads=1, runs=plan.profile_runs)
@@ -282,7 +284,7 @@ def _cost(results: dict, threads: int) -> dict:
     """$ per million per measured vCPU count (1 thread ~ 1,769 MB, all threads ~ n x 1,769 MB)."""
     lat = results["latency"]
     measured = {}
-    for e in (SHIPPED, PEER, REFERENCE):
+    for e in (SHIPPED, "onnx-int8-fast", PEER, REFERENCE):
         measured[e] = {t: {"b1_s": lat[f"t{t}/b1/b1"][e]["p50_ms"] / 1000,
                            "b32_s": lat[f"t{t}/medium/b32"][e]["p50_ms"] / 1000}
                        for t in sorted({1, threads}) if f"t{t}/b1/b1" in lat}

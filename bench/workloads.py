@@ -55,7 +55,7 @@ def token_stats(tokenizer_path: Path, workloads: dict[str, list[str]]) -> dict[s
     out = {}
     for name, texts in workloads.items():
         counts = [len(e.ids) for e in tok.encode_batch(texts)]
-        out[name] = {"target": TARGETS[name], "mean_tokens": round(sum(counts) / len(counts), 1),
+        out[name] = {"target": TARGETS.get(name, counts[0]), "mean_tokens": round(sum(counts) / len(counts), 1),
                      "min_tokens": min(counts), "max_tokens": max(counts), "texts": len(texts)}
     return out
 
