@@ -37,7 +37,7 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "first_result_s": t3 -
 import time; t0 = time.perf_counter()
 import json, os, sys
 os.environ["CIRRUS_MODEL_DIR"] = os.environ["CIRRUS_BENCH_FAST_BUNDLES"]
-from functions.core.model_store import get_model
+from functions.core.inference.model_store import get_model
 t1 = time.perf_counter()
 model = get_model("all-minilm-l6-v2")
 t2 = time.perf_counter()
