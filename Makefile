@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup bundles local test test-unit test-integration test-infra synth lambda-assets deploy bench bench-peers clean
+.PHONY: help setup bundles local test test-unit test-integration test-infra synth lambda-assets deploy bench bench-peers bench-streaming clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ bench-peers: setup  ## install the peers the benchmark compares against (bench-o
 
 bench: setup bundles bench-peers  ## run the benchmarks against the peers, write bench/results
 	$(PY) -m bench
+
+bench-streaming: setup bundles  ## time to first token vs full answer, streamed vs buffered (bench/results/streaming.*)
+	$(PY) -m bench.streaming
 
 clean:  ## remove build outputs (keeps .venv)
 	rm -rf build cdk.out .cache .pytest_cache

@@ -10,6 +10,11 @@ from dataclasses import dataclass
 
 # Settings fields (functions/core/settings.py) every function that reads models gets.
 _MODELS = ("stage", "artifacts_bucket", "models", "default_embedding_model")
+_GENERATION = ("generation_models", "data_bucket", "heavy_endpoint_name", "heavy_models", "heavy_inference_component",
+               "heavy_async_endpoint_name")
+# A function with ``streams`` answers through functions/stream_runtime.py (a Runtime API client that
+# can stream), started by this exec wrapper in place of the managed Python runtime's bootstrap.
+STREAM_EXEC_WRAPPER = "/var/task/functions/bin/stream-runtime"
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class FunctionSpec:
     # chunk_failed, a file's job fails unsplit. Only the dead-letter backstop, which is quick per
     # message, takes the stage's batch size.
     sqs_batch_size: int | None = None
+    # Answers with a response stream (API Gateway STREAM transfer mode, STREAM_EXEC_WRAPPER).
+    streams: bool = False
 
     @property
     def handler(self) -> str:
@@ -36,9 +43,10 @@ class FunctionSpec:
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("api", "Cirrus HTTP API (OpenAI-compatible routes)", "inference",
-                 (*_MODELS, "generation_models", "jobs_table", "data_bucket", "heavy_endpoint_name",
-                  "heavy_models", "heavy_inference_component", "heavy_async_endpoint_name"),
-                 memory_mb=2048, timeout_s=29, ephemeral_mb=2048),
+                 (*_MODELS, "jobs_table", *_GENERATION), memory_mb=2048, timeout_s=29, ephemeral_mb=2048),
+    # The chat/completions routes (infra.resources.STREAMED_ROUTES), streamed or not: up to 15 min.
+    FunctionSpec("generation", "Cirrus chat/completions, streamed (stream: true) or not", "inference",
+                 (*_MODELS, *_GENERATION), memory_mb=2048, timeout_s=300, ephemeral_mb=2048, streams=True),
     FunctionSpec("authorizer", "Cirrus bearer API-key authorizer", "light", ("stage", "api_keys_table"),
                  memory_mb=256, timeout_s=10),
     # The splitter and the dead-letter handler only list and describe models (manifests): the small asset.

@@ -91,6 +91,15 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/generation/jobs/{id}"),  # async generation status (functions.core.generation)
 )
 
+# The routes whose answers may stream (``stream: true``): API Gateway invokes the ``generation``
+# function for them with STREAM transfer mode (InvokeWithResponseStream; infra.constructs.api), the
+# local gateway likewise (local/gateway.py). Every other route is buffered by the ``api`` function.
+STREAMED_ROUTES: frozenset[tuple[str, str]] = frozenset({
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+})
+STREAM_FUNCTION = "generation"
+
 
 @dataclass(frozen=True)
 class GatewayResponse:

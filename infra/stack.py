@@ -68,19 +68,22 @@ class CirrusStack(Stack):
         artifacts, data = storage.artifacts, storage.data
         models = MODELS_PREFIX
         jobs_in, jobs_work, jobs_out = JOBS_INPUT_PREFIX, JOBS_WORK_PREFIX, JOBS_OUTPUT_PREFIX
-        api, authorizer, splitter, worker, dlq = (fns[n] for n in ("api", "authorizer", "batch_splitter",
-                                                                   "batch_worker", "batch_dlq"))
+        api, generation, authorizer, splitter, worker, dlq = (
+            fns[n] for n in ("api", "generation", "authorizer", "batch_splitter", "batch_worker", "batch_dlq"))
         self._grant_s3(api, artifacts, models, "read")
         self._grant_s3(api, data, jobs_in, "put")         # presigned upload URLs for new jobs
         self._grant_s3(api, data, jobs_out, "read")       # presigned result URLs
         self._grant_table(api, tables["Jobs"], "read_write")
+        # Chat/completions run in the generation function (infra.resources.STREAMED_ROUTES).
+        self._grant_s3(generation, artifacts, models, "read")
         if heavy is not None:
-            heavy.grant_invoke(api)
+            heavy.grant_invoke(generation)
         if heavy_async is not None:
-            # Generation jobs: request.json + job.json written, results read (List makes a missing
-            # result a 404, i.e. "in progress", instead of AccessDenied).
-            heavy_async.grant_invoke_async(api)
-            self._grant_s3(api, data, JOBS_GENERATION_PREFIX, "put")
+            # Generation jobs: request.json + job.json written by the generation function, read by the
+            # api function's status route (List makes a missing result a 404, i.e. "in progress",
+            # instead of AccessDenied).
+            heavy_async.grant_invoke_async(generation)
+            self._grant_s3(generation, data, JOBS_GENERATION_PREFIX, "put")
             self._grant_s3(api, data, JOBS_GENERATION_PREFIX, "read")
         self._grant_table(authorizer, tables["ApiKeys"], "read")
         self._grant_s3(splitter, artifacts, models, "read")  # unknown models end the job with a clear error
@@ -97,7 +100,8 @@ class CirrusStack(Stack):
         batch.connect(data_bucket=data, consumers=fns.functions)
         encryption.allow_s3_notifications()
 
-        self.api = Api(self, "Api", stage=stage, key=key, handler=api, authorizer=authorizer)
+        self.api = Api(self, "Api", stage=stage, key=key, handler=api, stream_handler=generation,
+                       authorizer=authorizer)
         if bundles:
             BundleUpload(self, "Bundles", bucket=artifacts, key=key, bundles=bundles,
                          log_group=encrypted_log_group(self, "BundleDeployLogs", key=key, stage=stage))

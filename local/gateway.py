@@ -10,25 +10,33 @@ validator); the proxy event is built in the v1 format with the route's ``resourc
 malformed response, 504 past the integration timeout). Gateway-made errors carry the same
 status, type and code as the stack's gateway responses (OpenAI-style bodies).
 
+Routes in ``infra.resources.STREAMED_ROUTES`` go to the streaming function as STREAM transfer mode
+sends them: its output is read as the streaming integration format (JSON prelude, 8 NUL bytes,
+payload), the prelude becomes status and headers, and the payload goes out with chunked transfer
+encoding, one chunk per piece the function produced, flushed at once. A client that disconnects
+closes the function's iterator, which stops the generation behind it.
+
 One file over ~300 lines on purpose: it mirrors one piece of AWS (the REST API in front of the
 functions) end to end, and its steps read in request order.
 """
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from functions.core.errors import CirrusError
+from functions.core.http.stream import read_prelude
 from infra.resources import GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
@@ -241,6 +249,7 @@ class HttpResponse:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    chunks: Iterator[bytes] | None = None  # a streamed body (sent after ``body``, chunk by chunk)
 
 
 class Gateway:
@@ -249,8 +258,11 @@ class Gateway:
     def __init__(self, api: LambdaFunction, authorizer: LambdaFunction | None, *,
                  routes: Sequence[tuple[str, str]], stage: str, api_id: str = "cirruslocal",
                  cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", stream: LambdaFunction | None = None,
+                 streamed_routes: frozenset[tuple[str, str]] = frozenset()) -> None:
         self.routes = Routes(routes)
+        self.stream = stream
+        self.streamed_routes = streamed_routes if stream is not None else frozenset()
         self.api = api
         self.authorizer = authorizer
         self.stage = stage
@@ -288,6 +300,8 @@ class Gateway:
         event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,
                                   stage=self.stage, request_id=request_id, authorizer=authorizer_ctx,
                                   host=self.host)
+        if (req.method, resource) in self.streamed_routes:
+            return self._stream(event, request_id)
         started = time.monotonic()
         try:
             result = self.api.invoke(event)
@@ -297,6 +311,24 @@ class Gateway:
         if time.monotonic() - started > self.timeout_s:
             raise GatewayError("INTEGRATION_TIMEOUT")
         return proxy_response_to_http(result)
+
+    def _stream(self, event: dict[str, Any], request_id: str) -> HttpResponse:
+        """STREAM transfer mode: the prelude is the status and headers; the rest is passed on as it comes."""
+        assert self.stream is not None
+        chunks = self.stream.invoke_stream(event)
+        try:
+            prelude, head = read_prelude(chunks)
+        except Exception as exc:  # noqa: BLE001 - a function error or a malformed prelude is a 502
+            chunks.close()
+            log.error("stream function error request_id=%s error=%s", request_id, type(exc).__name__)
+            raise GatewayError("DEFAULT_5XX", 502) from exc
+        headers = [(k, str(v)) for k, v in (prelude.get("headers") or {}).items()]
+        for k, values in (prelude.get("multiValueHeaders") or {}).items():
+            headers += [(k, str(v)) for v in _as_list(values)]
+        headers += [("Set-Cookie", str(c)) for c in prelude.get("cookies") or []]
+        if not any(k.lower() == "content-type" for k, _ in headers):
+            headers.append(("Content-Type", "application/json"))
+        return HttpResponse(prelude["statusCode"], headers, head, chunks=chunks)
 
     def _authorize(self, req: HttpRequest, arn: str) -> dict[str, Any] | None:
         if self.authorizer is None:
@@ -412,10 +444,39 @@ class _Handler(BaseHTTPRequestHandler):
         for k, v in resp.headers:
             if k.lower() not in _HOP_BY_HOP:
                 self.send_header(k, v)
+        if resp.chunks is not None:
+            self._send_chunked(resp)
+            return
         self.send_header("Content-Length", str(len(resp.body)))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(resp.body)
+
+    def _send_chunked(self, resp: HttpResponse) -> None:
+        """One HTTP chunk per piece, flushed; a client that went away closes the function's stream."""
+        assert resp.chunks is not None
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent, started, outcome = 0, time.perf_counter(), "done"
+        try:
+            for data in itertools.chain([resp.body], resp.chunks):  # the bytes after the prelude first
+                if data:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                    sent += len(data)
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            outcome = "client_gone"
+            self.close_connection = True
+        except Exception:  # noqa: BLE001 - the function failed mid-stream: API Gateway cuts the connection
+            outcome = "function_error"
+            log.exception("stream function failed mid-stream")
+            self.close_connection = True
+        finally:
+            resp.chunks.close()
+            log.info("STREAM status=%d bytes_out=%d ms=%.1f outcome=%s", resp.status, sent,
+                     (time.perf_counter() - started) * 1000, outcome)
 
     def _read_body(self) -> bytes:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":

@@ -1,10 +1,13 @@
 """A local stand-in for the heavy SageMaker endpoint, serving an ONNX generation bundle over real HTTP.
 
-It speaks both sides of SageMaker: the runtime API (``POST /endpoints/<name>/invocations`` and
+It speaks both sides of SageMaker: the runtime API (``POST /endpoints/<name>/invocations``,
+``/invocations-response-stream`` in AWS event-stream framing as botocore parses it, and
 ``/async-invocations``, so boto3 ``sagemaker-runtime`` with ``endpoint_url`` runs the production
 client unchanged) and the container contract (``GET /ping``, ``POST /invocations``) with TGI's
-Messages API payloads. Faults can be queued (throttle, 5xx, slow, not-ready, down) to exercise the
-client's retries, timeouts and circuit breaker.
+Messages API payloads, ``stream: true`` answered with TGI's server-sent events. Faults can be
+queued (throttle, 5xx, slow, not-ready, down, a stream that breaks or crawls) to exercise the
+client's retries, timeouts and circuit breaker, from Python (``inject``) or from another process
+(``POST /_faults {"faults": [...]}``); ``/ping`` also reports open and abandoned streams.
 
     python -m local.heavy_server --port 8081 --bundle .cache/bundles/cirrus-tiny-gpt2 --endpoint cirrus-heavy
 """
@@ -16,6 +19,8 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,13 +28,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from functions.core.errors import CirrusError
-from functions.core.inference.generator import OnnxGenerator
+from functions.core.inference.generator import Delta, OnnxGenerator
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
+from local import eventstream
 
 ACCOUNT = "000000000000"
-FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity")
-_ENDPOINT_PATH = re.compile(r"^/endpoints/([^/]+)/(invocations|async-invocations)$")
+FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity", "break_stream", "slow_tokens")
+_ENDPOINT_PATH = re.compile(r"^/endpoints/([^/]+)/(invocations|invocations-response-stream|async-invocations)$")
+_GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
 
 class HeavyServer:
@@ -48,6 +55,10 @@ class HeavyServer:
         self.faults: deque[tuple[str, float]] = deque()
         self.down = False  # every runtime call fails with 5xx while True (endpoint broken)
         self.calls = 0     # runtime API invocations seen (tests count retries with it)
+        # Streams whose reader went away, and the tokens each had generated when it stopped (tests
+        # check that a closed connection stops the generation).
+        self.abandoned: list[int] = []
+        self.streams_open = 0
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer((host, port), _handler_for(self))
         self._httpd.daemon_threads = True
@@ -77,7 +88,9 @@ class HeavyServer:
 
     def inject(self, *faults: str) -> None:
         """Queue faults for the next runtime calls, one each: ``throttle``, ``error``, ``not_ready``,
-        ``no_capacity`` or ``slow:<seconds>``."""
+        ``no_capacity``, ``slow:<seconds>`` (before answering), ``break_stream:<n>`` (a streamed answer
+        ends with a ModelStreamError after n tokens) or ``slow_tokens:<seconds>`` (a streamed answer
+        waits this long before each token)."""
         with self._lock:
             for f in faults:
                 kind, _, arg = f.partition(":")
@@ -93,8 +106,11 @@ class HeavyServer:
             return self.faults.popleft() if self.faults else None
 
     # --- the model -----------------------------------------------------------------------------------
-    def run(self, payload: Any) -> tuple[int, dict]:
-        """The container's /invocations: TGI-style chat (``messages``) or completion (``prompt``)."""
+    def run(self, payload: Any, pace_s: float = 0.0) -> tuple[int, dict]:
+        """The container's /invocations: TGI-style chat (``messages``) or completion (``prompt``).
+
+        ``pace_s``: seconds per token (the ``slow_tokens`` fault), as the streamed answer is paced.
+        """
         if not isinstance(payload, dict):
             return 422, {"error": "expected a JSON object", "error_type": "validation"}
         payload = {k: v for k, v in payload.items() if v is not None}
@@ -106,9 +122,11 @@ class HeavyServer:
                     return 422, {"error": f"Input validation error: {req.light_refusals()[0]} is not "
                                           f"implemented by the local stand-in", "error_type": "validation"}
                 gens = self.generator.chat(req.turns(), req.sampling(20))
+                time.sleep(pace_s * sum(g.completion_tokens for g in gens))  # as long as the paced stream
                 return 200, chat_completion_body(req.model, gens, fingerprint=fingerprint, token_text=token_text)
             req2 = CompletionRequest.model_validate(payload)
             gens = self.generator.complete(req2.text(), req2.sampling(20))
+            time.sleep(pace_s * sum(g.completion_tokens for g in gens))
             return 200, completion_body(req2.model, gens, fingerprint=fingerprint, token_text=token_text)
         except ValidationError as exc:
             first = exc.errors(include_url=False, include_input=False)[0]
@@ -116,6 +134,26 @@ class HeavyServer:
             return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
         except CirrusError as exc:  # e.g. prompt longer than the context window
             return 422, {"error": exc.message, "error_type": "validation"}
+
+    def open_stream(self, payload: Any) -> tuple[int, dict] | tuple[int, "TgiStream"]:
+        """TGI's ``stream: true``: 200 and the SSE events to send, or the refusal as ``run`` gives it."""
+        if not isinstance(payload, dict):
+            return 422, {"error": "expected a JSON object", "error_type": "validation"}
+        payload = {k: v for k, v in payload.items() if v is not None}
+        try:
+            chat = "messages" in payload
+            req = (ChatCompletionRequest if chat else CompletionRequest).model_validate(payload)
+            ids = self.generator.encode_chat(req.turns()) if chat else self.generator.encode(req.text())
+            state = self.generator.prefill(ids)  # the prompt's checks, before the 200
+            deltas = self.generator.stream(ids, req.sampling(20), state=state)
+        except ValidationError as exc:
+            first = exc.errors(include_url=False, include_input=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
+        except CirrusError as exc:
+            return 422, {"error": exc.message, "error_type": "validation"}
+        return 200, TgiStream(deltas, len(ids), req.model, chat=chat, include_usage=req.include_usage,
+                              fingerprint=f"local-{self.generator.version}")
 
     # --- async ---------------------------------------------------------------------------------------
     def s3(self) -> Any:
@@ -165,17 +203,34 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:  # noqa: N802
             if self.path == "/ping":
-                self._send(200, {"status": "ok", "model": server.generator.name})
+                with server._lock:
+                    stats = {"streams_open": server.streams_open, "abandoned": list(server.abandoned)}
+                self._send(200, {"status": "ok", "model": server.generator.name, **stats})
             else:
                 self._send(404, {"error": "not found"})
 
         def do_POST(self) -> None:  # noqa: N802
             raw = self._body()
+            if self.path == "/_faults":  # local only: queue faults from another process (integration tests)
+                try:
+                    server.inject(*json.loads(raw)["faults"])
+                except (ValueError, KeyError, TypeError) as exc:
+                    self._send(400, {"error": str(exc)})
+                    return
+                self._send(200, {"queued": len(server.faults)})
+                return
             if self.path == "/invocations":  # the container contract
                 try:
                     payload = json.loads(raw or b"null")
                 except ValueError:
                     self._send(422, {"error": "body is not JSON", "error_type": "validation"})
+                    return
+                if isinstance(payload, dict) and payload.get("stream"):
+                    status, out = server.open_stream(payload)
+                    if status != 200:
+                        self._send(status, out)
+                        return
+                    self._chunked(200, {"Content-Type": "text/event-stream"}, out, _container_event)
                     return
                 self._send(*server.run(payload))
                 return
@@ -191,13 +246,21 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
                 self._async(raw)
                 return
             fault = server._next_fault()
+            if fault and fault[0] in ("break_stream", "slow_tokens"):
+                stream_fault, fault = fault, None
+            else:
+                stream_fault = None
             if fault and self._fault(*fault):
                 return
             try:
                 payload = json.loads(raw or b"null")
             except ValueError:
                 payload = None
-            status, body = server.run(payload)
+            if kind == "invocations-response-stream":
+                self._stream(payload, stream_fault)
+                return
+            status, body = server.run(payload, stream_fault[1] if stream_fault and stream_fault[0] == "slow_tokens"
+                                      else 0.0)
             if status != 200:
                 # SageMaker wraps a container's non-2xx as ModelError (424) with the original status.
                 self._aws_error(424, "ModelError", f"Received client error ({status}) from primary",
@@ -205,6 +268,45 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
                                 LogStreamArn="local")
                 return
             self._send(200, body, {"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
+
+        def _stream(self, payload: Any, fault: tuple[str, float] | None) -> None:
+            """InvokeEndpointWithResponseStream: TGI's SSE events, one PayloadPart each, as they come."""
+            status, out = server.open_stream(payload)
+            if status != 200:
+                self._aws_error(424, "ModelError", f"Received client error ({status}) from primary",
+                                OriginalStatusCode=status, OriginalMessage=json.dumps(out), LogStreamArn="local")
+                return
+            assert isinstance(out, TgiStream)
+            if fault is not None:
+                out.fault = fault
+            self._chunked(200, {"Content-Type": eventstream.CONTENT_TYPE,
+                                "X-Amzn-SageMaker-Content-Type": "text/event-stream",
+                                "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, out, _runtime_event)
+
+        def _chunked(self, status: int, headers: dict[str, str], events: "TgiStream", frame: Any) -> None:
+            """HTTP/1.1 chunked transfer, one chunk per event, flushed; a reader that left stops the model."""
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            with server._lock:
+                server.streams_open += 1
+            try:
+                for raw in events:
+                    data = frame(raw)
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                    self.wfile.flush()
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+            except _GONE:
+                with server._lock:
+                    server.abandoned.append(events.tokens)
+                self.close_connection = True
+            finally:
+                events.close()
+                with server._lock:
+                    server.streams_open -= 1
 
         def _fault(self, kind: str, arg: float) -> bool:
             if kind == "slow":
@@ -239,6 +341,83 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
                        {"X-Amzn-SageMaker-OutputLocation": output, "X-Amzn-SageMaker-FailureLocation": failure})
 
     return Handler
+
+
+@dataclass(frozen=True)
+class StreamBreak:
+    """The model failed mid-stream: SageMaker turns it into a ModelStreamError, TGI into an error event."""
+
+    message: str
+
+
+def _runtime_event(item: "bytes | StreamBreak") -> bytes:
+    if isinstance(item, StreamBreak):
+        return eventstream.exception("ModelStreamError", item.message, "ModelStreamError")
+    return eventstream.payload_part(item)
+
+
+def _container_event(item: "bytes | StreamBreak") -> bytes:
+    if isinstance(item, StreamBreak):
+        return b"data: " + json.dumps({"error": item.message, "error_type": "generation"}).encode() + b"\n\n"
+    return item
+
+
+class TgiStream:
+    """TGI's streamed answer: one SSE event per token (role in every chat delta, ``finish_reason`` on the
+    last token's chunk), a usage chunk if asked, ``data: [DONE]``. Its ``fault`` may break it."""
+
+    def __init__(self, deltas: Iterator[Delta], prompt_tokens: int, model: str, *, chat: bool, include_usage: bool,
+                 fingerprint: str) -> None:
+        self.deltas, self.prompt_tokens = deltas, prompt_tokens
+        self.tokens = 0  # generated so far (read while it runs: the abandoned-stream count)
+        self.model, self.chat, self.include_usage, self.fingerprint = model, chat, include_usage, fingerprint
+        self.fault: tuple[str, float] | None = None
+        self.created = int(time.time())
+
+    def _chunk(self, text: str, finish: str | None) -> bytes:
+        choice = ({"index": 0, "delta": {"role": "assistant", "content": text}, "logprobs": None,
+                   "finish_reason": finish} if self.chat else
+                  {"index": 0, "text": text, "logprobs": None, "finish_reason": finish})
+        body = {"id": "", "object": "chat.completion.chunk" if self.chat else "text_completion",
+                "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint,
+                "choices": [choice], "usage": None}
+        return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+    def __iter__(self) -> Any:
+        kind, arg = self.fault or ("", 0.0)
+        pending: str | None = None
+        sent = 0
+        while True:
+            try:
+                delta = next(self.deltas)
+            except StopIteration as done:
+                finish = done.value or "stop"
+                break
+            if delta.token_id >= 0:
+                self.tokens += 1
+            if not delta.text:
+                continue
+            if kind == "break_stream" and sent >= arg:
+                yield StreamBreak("CUDA error: an illegal memory access")
+                return
+            if kind == "slow_tokens":
+                time.sleep(arg)
+            # One token behind, so the last token's chunk can carry finish_reason (as TGI does).
+            if pending is not None:
+                yield self._chunk(pending, None)
+                sent += 1
+            pending = delta.text
+        yield self._chunk(pending or "", finish)
+        if self.include_usage:
+            usage = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.tokens,
+                     "total_tokens": self.prompt_tokens + self.tokens}
+            yield b"data: " + json.dumps({"id": "", "object": "chat.completion.chunk" if self.chat else
+                                          "text_completion", "created": self.created, "model": self.model,
+                                          "choices": [], "usage": usage}).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+
+    def close(self) -> None:
+        self.deltas.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any, Callable
 
 from local.config import ACCOUNT_ID, REGION
@@ -78,4 +79,35 @@ class LambdaFunction:
             finally:
                 # The same REPORT line Lambda writes: ids and timings only, never the payload.
                 log.info("REPORT function=%s request_id=%s duration_ms=%.1f", self.name,
+                         ctx.aws_request_id, (time.perf_counter() - start) * 1000)
+
+    def invoke_stream(self, event: dict) -> Iterator[bytes]:
+        """Run a streaming handler (it returns an iterator of bytes): the pieces as they come.
+
+        The container stays busy until the stream ends or is closed (a client that went away), and
+        a stream running past the function timeout is cut as Lambda cuts it.
+        """
+        with self._lock:
+            handler = self.load()
+            ctx = LambdaContext(function_name=self.name, memory_limit_in_mb=self.memory_mb,
+                                timeout_s=self.timeout_s, aws_request_id=str(uuid.uuid4()))
+            start = time.perf_counter()
+            self.invocations += 1
+            chunks: Any = None
+            try:
+                chunks = iter(handler(event, ctx))
+                for chunk in chunks:
+                    yield chunk
+                    if ctx.get_remaining_time_in_millis() == 0:
+                        raise TimeoutError(f"{self.name} timed out after {self.timeout_s:g} s")
+            except GeneratorExit:
+                raise
+            except BaseException:
+                self.errors += 1
+                raise
+            finally:
+                close = getattr(chunks, "close", None)
+                if close:
+                    close()
+                log.info("REPORT function=%s request_id=%s duration_ms=%.1f streamed=true", self.name,
                          ctx.aws_request_id, (time.perf_counter() - start) * 1000)

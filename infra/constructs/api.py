@@ -13,17 +13,19 @@ from constructs import Construct
 from infra.constructs import acknowledge
 from infra.constructs.functions import encrypted_log_group
 # Routes and gateway responses are plain data, shared with the local gateway (local/gateway.py).
-from infra.resources import GATEWAY_RESPONSES, ROUTES
+from infra.resources import GATEWAY_RESPONSES, ROUTES, STREAMED_ROUTES
 from infra.settings import StageSettings
 
 AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
 
 
 class Api(Construct):
-    """REST API in front of the api function; the authorizer function guards every method."""
+    """REST API in front of the api function (buffered routes) and the streaming function
+    (``STREAMED_ROUTES``); the authorizer function guards every method."""
 
     def __init__(self, scope: Construct, id: str, *, stage: StageSettings, key: kms.IKey,
-                 handler: lambda_.IFunction, authorizer: lambda_.IFunction) -> None:
+                 handler: lambda_.IFunction, stream_handler: lambda_.IFunction,
+                 authorizer: lambda_.IFunction) -> None:
         super().__init__(scope, id)
         self.access_logs = encrypted_log_group(self, "AccessLogs", key=key, stage=stage)
         self.rest_api = apigw.RestApi(
@@ -57,10 +59,16 @@ class Api(Construct):
             "JsonObject", content_type="application/json", model_name="JsonObject",
             schema=apigw.JsonSchema(schema=apigw.JsonSchemaVersion.DRAFT4, type=apigw.JsonSchemaType.OBJECT))
         integration = apigw.LambdaIntegration(handler, proxy=True)
+        # STREAM transfer mode: API Gateway calls InvokeWithResponseStream and passes the bytes on as the
+        # function writes them; the 29 s integration limit becomes the function's own timeout (<= 15 min;
+        # API Gateway also closes a stream idle for 5 min on a regional endpoint).
+        streaming = apigw.LambdaIntegration(
+            stream_handler, proxy=True, response_transfer_mode=apigw.ResponseTransferMode.STREAM,
+            timeout=Duration.seconds(stage.functions.generation.timeout_s))
         for verb, path in ROUTES:
             resource = self.rest_api.root.resource_for_path(path)
             resource.add_method(
-                verb, integration,
+                verb, streaming if (verb, path) in STREAMED_ROUTES else integration,
                 authorizer=self.authorizer,
                 authorization_type=apigw.AuthorizationType.CUSTOM,
                 request_validator=validator,

@@ -13,7 +13,7 @@ from constructs import Construct
 from infra.constructs import acknowledge
 
 from functions.core.settings import Settings
-from infra.function_specs import FUNCTIONS
+from infra.function_specs import FUNCTIONS, STREAM_EXEC_WRAPPER
 from infra.settings import StageSettings
 
 RETENTION = {1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS",
@@ -83,6 +83,7 @@ class Functions(Construct):
                     "POWERTOOLS_SERVICE_NAME": f"cirrus-{spec.id.replace('_', '-')}",
                     "POWERTOOLS_METRICS_NAMESPACE": "Cirrus",
                     "POWERTOOLS_LOG_LEVEL": "INFO",
+                    **({"AWS_LAMBDA_EXEC_WRAPPER": STREAM_EXEC_WRAPPER} if spec.streams else {}),
                     **env.get(spec.id, {}),
                 },
             )

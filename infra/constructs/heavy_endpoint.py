@@ -228,11 +228,13 @@ class HeavyEndpoint(Construct):
                            appscaling.PredefinedMetric.SAGEMAKER_VARIANT_INVOCATIONS_PER_INSTANCE)
 
     def grant_invoke(self, grantee: iam.IGrantable) -> None:
-        """sagemaker:InvokeEndpoint on this endpoint only (inference components are invoked through it).
+        """InvokeEndpoint and InvokeEndpointWithResponseStream (``stream: true``) on this endpoint only
+        (inference components are invoked through it).
 
         Async jobs go to the separate async endpoint (HeavyAsyncEndpoint.grant_invoke_async).
         """
-        iam.Grant.add_to_principal(grantee=grantee, actions=["sagemaker:InvokeEndpoint"],
+        iam.Grant.add_to_principal(grantee=grantee, actions=["sagemaker:InvokeEndpoint",
+                                                             "sagemaker:InvokeEndpointWithResponseStream"],
                                    resource_arns=[self.endpoint_arn])
 
     def invocation_metric(self, name: str, statistic: str = "Sum") -> cloudwatch.Metric:

@@ -31,8 +31,8 @@ def _data_bucket(synth, stage: str) -> str:
     return _one(synth, stage, "AWS::S3::Bucket", "StorageData")[0]
 
 
-def _api_statements(synth, stage: str) -> list[dict]:
-    _, pol = _one(synth, stage, "AWS::IAM::Policy", "FunctionsapiroleDefaultPolicy")
+def _api_statements(synth, stage: str, function: str = "api") -> list[dict]:
+    _, pol = _one(synth, stage, "AWS::IAM::Policy", f"Functions{function}roleDefaultPolicy")
     return pol["Properties"]["PolicyDocument"]["Statement"]
 
 
@@ -103,24 +103,31 @@ def test_async_endpoint_scales_to_zero_on_backlog_and_steps_out_of_zero(synth, s
 
 
 @pytest.mark.parametrize("stage", ASYNC_STAGES)
-def test_api_may_invoke_exactly_the_async_endpoint_and_use_the_jobs_prefix(synth, stage):
-    statements = _api_statements(synth, stage)
+def test_generation_function_may_invoke_exactly_the_endpoints_and_the_api_reads_the_jobs(synth, stage):
+    statements = _api_statements(synth, stage, "generation")
     sagemaker = [(a, st["Resource"]) for st in statements for a in as_list(st["Action"]) if a.startswith("sagemaker:")]
-    assert sorted(a for a, _ in sagemaker) == ["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync"]
+    assert sorted(a for a, _ in sagemaker) == ["sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointAsync",
+                                               "sagemaker:InvokeEndpointWithResponseStream"]
     resource = dict(sagemaker)["sagemaker:InvokeEndpointAsync"]
     assert _join(resource)[1].endswith(f":endpoint/cirrus-{stage}-heavy-async")
-    assert not _join(dict(sagemaker)["sagemaker:InvokeEndpoint"])[1].endswith("-async")
+    for sync in ("sagemaker:InvokeEndpoint", "sagemaker:InvokeEndpointWithResponseStream"):
+        assert not _join(dict(sagemaker)[sync])[1].endswith("-async")
     bucket = _data_bucket(synth, stage)
     jobs = ([bucket], f"/{JOBS_PREFIX}*")
 
-    def on_jobs(action: str) -> bool:
+    def on_jobs(statements: list[dict], action: str) -> bool:
         return any(action in as_list(st["Action"]) and any(isinstance(r, dict) and "Fn::Join" in r and _join(r) == jobs
                                                            for r in as_list(st["Resource"])) for st in statements)
-    assert on_jobs("s3:PutObject") and on_jobs("s3:GetObject*")
-    # Objects are SSE-KMS with the Cirrus key: the API encrypts the request and decrypts results.
-    kms = {a for st in statements if ref_id(st["Resource"]) and ref_id(st["Resource"]).startswith("EncryptionKey")
-           for a in as_list(st["Action"])}
-    assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= kms
+    api = _api_statements(synth, stage)
+    # The generation function submits jobs; the api function's status route reads them.
+    assert on_jobs(statements, "s3:PutObject") and not on_jobs(statements, "s3:GetObject*")
+    assert on_jobs(api, "s3:GetObject*") and not on_jobs(api, "s3:PutObject")
+    assert not [a for st in api for a in as_list(st["Action"]) if a.startswith("sagemaker:")]
+    # Objects are SSE-KMS with the Cirrus key: one side encrypts the request, the other decrypts results.
+    def kms(statements: list[dict]) -> set[str]:
+        return {a for st in statements if ref_id(st["Resource"]) and ref_id(st["Resource"]).startswith("EncryptionKey")
+                for a in as_list(st["Action"])}
+    assert "kms:GenerateDataKey*" in kms(statements) and "kms:Decrypt" in kms(api)
 
 
 @pytest.mark.parametrize("stage", ASYNC_STAGES)
@@ -145,9 +152,9 @@ def test_execution_role_reads_only_job_requests_and_writes_only_the_output_prefi
     assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= kms
 
 
-def test_api_function_is_told_the_async_endpoint_only_where_it_exists(synth):
+def test_generation_function_is_told_the_async_endpoint_only_where_it_exists(synth):
     def api_env(stage):
-        _, fn = _one(synth, stage, "AWS::Lambda::Function", "Functionsapi")
+        _, fn = _one(synth, stage, "AWS::Lambda::Function", "Functionsgeneration")
         return fn["Properties"]["Environment"]["Variables"]
     assert api_env("prod")["CIRRUS_HEAVY_ASYNC_ENDPOINT_NAME"] == "cirrus-prod-heavy-async"
     assert api_env("citest")["CIRRUS_HEAVY_ASYNC_ENDPOINT_NAME"] == "cirrus-citest-heavy-async"

@@ -121,9 +121,9 @@ def test_unchanged_inputs_are_not_rebuilt(built):
 
 def test_only_the_functions_that_run_models_take_the_inference_asset():
     """The splitter and dead-letter handler only read manifests (the model store imports onnxruntime on
-    first load), so they ship in the small asset; the API and the worker run models."""
+    first load), so they ship in the small asset; the API, the generation function and the worker run models."""
     by_asset = {spec.id: spec.asset for spec in FUNCTIONS}
-    assert by_asset == {"api": "inference", "authorizer": "light", "batch_splitter": "light",
+    assert by_asset == {"api": "inference", "generation": "inference", "authorizer": "light", "batch_splitter": "light",
                         "batch_worker": "inference", "batch_dlq": "light"}
     for spec in FUNCTIONS:
         heavy = _third_party_imports(spec.handler.rsplit(".", 1)[0], set()) & {"onnxruntime", "numpy", "tokenizers"}

@@ -169,7 +169,7 @@ def test_same_seed_gives_the_same_sampled_reply(gen_api):
     ({"model": TINY, "messages": USER, "max_completion_tokens": 0}, "max_completion_tokens"),
     ({"model": TINY, "messages": USER, "user": 7}, "user"),
     ({"model": TINY, "messages": USER, "user": "u" * 257}, "user"),
-    ({"model": TINY, "messages": USER, "stream": True}, "stream"),
+    ({"model": TINY, "messages": USER, "stream": "yes"}, "stream"),  # strict: no string coercion
     ({"model": TINY, "messages": USER, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     ({"messages": USER}, "model"),
 ])

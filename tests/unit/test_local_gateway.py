@@ -291,3 +291,97 @@ def test_explicit_deny_wins_over_allow():
         {"Action": "execute-api:Invoke", "Effect": "Deny", "Resource": ARN_PREFIX + "/DELETE/*"}]
     assert evaluate_policy(policy, method_arn("cirruslocal", "local", "GET", "/v1/models"))
     assert not evaluate_policy(policy, method_arn("cirruslocal", "local", "DELETE", "/v1/jobs/1"))
+
+
+# --- streamed routes (STREAM transfer mode) ----------------------------------------------------------
+class StreamingFunction:
+    """A streaming handler: the integration format (prelude, NULs, pieces); records how it ended."""
+
+    def __init__(self, pieces=(b"data: a\n\n", b"data: b\n\n"), gate=None, prelude=None, forever=False):
+        self.pieces, self.gate, self.forever = list(pieces), gate, forever
+        self.prelude = prelude if prelude is not None else (
+            json.dumps({"statusCode": 200, "headers": {"Content-Type": "text/event-stream"},
+                        "multiValueHeaders": {"X-Two": ["1", "2"]}, "cookies": ["a=b"]}).encode() + b"\0" * 8)
+        self.produced = 0
+        self.closed = False
+
+    def __call__(self, event, context):
+        def body():
+            try:
+                yield self.prelude
+                n = 0
+                while self.forever or n < len(self.pieces):
+                    if self.gate is not None and n == 1:
+                        assert self.gate.wait(5), "the client never saw the first piece"
+                    yield self.pieces[n % len(self.pieces)]
+                    self.produced += 1
+                    n += 1
+            finally:
+                self.closed = True
+        return body()
+
+
+def served_stream(fn):
+    api = Recorder()
+    gw = Gateway(LambdaFunction("api", api), LambdaFunction("authorizer", Recorder(allow_all)),
+                 routes=TEST_ROUTES, stage="local", stream=LambdaFunction("generation", fn),
+                 streamed_routes=frozenset({("POST", "/v1/echo")}))
+    srv = GatewayServer(gw, "127.0.0.1", 0)
+    return srv, srv.start(), api
+
+
+def test_streamed_route_sends_each_piece_as_a_chunk_before_the_next_exists():
+    import threading
+
+    gate = threading.Event()
+    fn = StreamingFunction(gate=gate)
+    srv, url, api = served_stream(fn)
+    try:
+        with requests.post(url + "/v1/echo", json={}, headers=AUTH, stream=True, timeout=10) as r:
+            assert r.status_code == 200 and r.headers["Transfer-Encoding"] == "chunked"
+            assert r.headers["Content-Type"] == "text/event-stream" and r.headers["X-Two"] == "1, 2"
+            assert r.headers["Set-Cookie"] == "a=b"
+            it = r.iter_content(chunk_size=None)
+            assert next(it) == b"data: a\n\n"  # arrived while the function waits for this very read
+            gate.set()
+            assert b"".join(it) == b"data: b\n\n"
+        assert not api.events  # the buffered function was not called
+        # Buffered routes are unchanged.
+        assert requests.get(url + "/health", headers=AUTH, timeout=10).json() == {"ok": True}
+    finally:
+        srv.stop()
+
+
+def test_a_client_that_disconnects_closes_the_functions_stream_and_the_gateway_stays_up():
+    import socket
+    import time
+
+    fn = StreamingFunction(forever=True, pieces=[b"data: " + b"x" * 200 + b"\n\n"])
+    srv, url, _ = served_stream(fn)
+    try:
+        host, port = url.removeprefix("http://").split(":")
+        sock = socket.create_connection((host, int(port)))
+        sock.sendall(b"POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer k\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+        assert b"200 OK" in sock.recv(4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()  # reset: the next write of the gateway fails
+        deadline = time.monotonic() + 10
+        while not fn.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert fn.closed
+        produced = fn.produced
+        time.sleep(0.1)
+        assert fn.produced == produced  # nothing produced after the close
+        assert requests.get(url + "/health", headers=AUTH, timeout=10).status_code == 200
+    finally:
+        srv.stop()
+
+
+def test_a_stream_without_a_valid_prelude_is_a_502():
+    srv, url, _ = served_stream(StreamingFunction(prelude=b'{"no": "status"}' + b"\0" * 8))
+    try:
+        r = requests.post(url + "/v1/echo", json={}, headers=AUTH, timeout=10)
+        assert r.status_code == 502 and r.json()["error"]["code"] == "internal_error"
+    finally:
+        srv.stop()

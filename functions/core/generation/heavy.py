@@ -12,8 +12,8 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
                                  EndpointConnectionError, ReadTimeoutError)
@@ -22,12 +22,15 @@ from functions.core.aws.base import THROTTLING_CODES, error_code, error_message,
 from functions.core.errors import (BadRequest, CirrusError, ModelUnavailable, Throttled, UpstreamTimeout,
                                    ValidationFailed)
 from functions.core.generation.breaker import CircuitBreaker, breaker_for
+from functions.core.generation.sse import SseDecoder
 from functions.core.observability import logger
 from functions.core.settings import Settings
 
 RETRY_BASE_S = 0.2
 RETRY_CAP_S = 2.0
-SERVER_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException"})
+SERVER_CODES = frozenset({"InternalFailure", "ServiceUnavailable", "InternalDependencyException",
+                          "ModelStreamError", "InternalStreamFailure"})  # the last two: a broken stream
+T = TypeVar("T")
 
 _clients: dict[tuple[float, float], Any] = {}
 _lock = threading.Lock()
@@ -83,23 +86,41 @@ class HeavyClient:
                                    f"'{self.settings.stage}' (CIRRUS_HEAVY_ENDPOINT_NAME is not set)",
                                    code="heavy_endpoint_disabled")
 
-    # --- sync --------------------------------------------------------------------------------------
-    def invoke(self, payload: dict) -> dict:
-        """POST ``payload`` (TGI Messages/Completions JSON) to the endpoint; return its JSON answer."""
-        self.require_enabled()
-        assert self.breaker is not None
-        body = json.dumps(payload).encode()
-        kwargs: dict[str, Any] = {"EndpointName": self.endpoint, "Body": body,
-                                  "ContentType": "application/json", "Accept": "application/json"}
+    # --- sync ---------------------------------------------------------------------------------------
+    def _kwargs(self, payload: dict, accept: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"EndpointName": self.endpoint, "Body": json.dumps(payload).encode(),
+                                  "ContentType": "application/json", "Accept": accept}
         if self.settings.heavy_inference_component:
             kwargs["InferenceComponentName"] = self.settings.heavy_inference_component
+        return kwargs
+
+    def invoke(self, payload: dict) -> dict:
+        """POST ``payload`` (TGI Messages/Completions JSON) to the endpoint; return its JSON answer."""
+        kwargs = self._kwargs(payload, "application/json")
+        return self._with_retries(lambda: self._attempt(kwargs))
+
+    def invoke_stream(self, payload: dict) -> Iterator[dict]:
+        """``invoke_endpoint_with_response_stream`` with ``stream: true``: TGI's SSE chunks, as dicts.
+
+        Returns once the first chunk has arrived, so everything before it (throttling, 5xx, a cold
+        endpoint, a refusal) is retried, counted by the breaker and raised as for ``invoke``: the
+        caller can still answer with a plain JSON error. Failures after it are raised from the
+        iterator (a CirrusError; the breaker has been told). Closing the iterator closes the
+        connection, which is how the endpoint learns that nobody reads any more.
+        """
+        kwargs = self._kwargs({**payload, "stream": True}, "text/event-stream")
+        return self._with_retries(lambda: self._open_stream(kwargs))
+
+    def _with_retries(self, attempt_once: Callable[[], T]) -> T:
+        self.require_enabled()
+        assert self.breaker is not None
         attempts = self.settings.heavy_max_attempts
         last: CirrusError | None = None
         for attempt in range(1, attempts + 1):
             probe = self.breaker.before_call()  # raises 503 at once while the breaker is open
             started = time.perf_counter()
             try:
-                out = self._attempt(kwargs)
+                out = attempt_once()
                 self.breaker.success()
                 logger.info("heavy call ok", extra={"endpoint": self.endpoint, "attempt": attempt,
                                                     "ms": round((time.perf_counter() - started) * 1000, 1)})
@@ -123,24 +144,106 @@ class HeavyClient:
                 last.retry_after = self.breaker.retry_after()
         raise last
 
+    def _transport_error(self, exc: Exception) -> BaseException:
+        """What a failed call or read means (the breaker told), as ``_attempt`` and the stream see it."""
+        if isinstance(exc, ReadTimeoutError):
+            self.breaker.failure("read timeout")
+            return UpstreamTimeout(f"the generation endpoint did not answer within "
+                                   f"{self.settings.heavy_read_timeout_s:g} s; for long generations stream the "
+                                   f"answer (\"stream\": true) or send an async job (header 'Prefer: respond-async')")
+        if isinstance(exc, (ConnectTimeoutError, EndpointConnectionError, ConnectionClosedError)):
+            self.breaker.failure("connection failed")
+            return _Retry(ModelUnavailable("the generation endpoint cannot be reached", code="endpoint_unreachable"))
+        if isinstance(exc, ClientError):
+            return self._classify(exc)
+        self.breaker.failure(exc.__class__.__name__)
+        return _Retry(ModelUnavailable("the generation endpoint call failed", code="endpoint_error"))
+
+    def _open_stream(self, kwargs: dict[str, Any]) -> Iterator[dict]:
+        try:
+            resp = self.client.invoke_endpoint_with_response_stream(**kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._transport_error(exc) from exc
+        body = resp["Body"]
+        chunks = self._chunks(body)
+        try:
+            first = next(chunks)
+        except StopIteration:
+            body.close()
+            self.breaker.failure("empty stream")
+            raise _Retry(ModelUnavailable("the generation endpoint ended the stream without an answer",
+                                          code="bad_endpoint_response")) from None
+        except BaseException:
+            body.close()
+            raise
+        return self._rest(first, chunks, body)
+
+    @staticmethod
+    def _rest(first: dict, chunks: Iterator[dict], body: Any) -> Iterator[dict]:
+        try:
+            yield first
+            try:
+                yield from chunks
+            except _Retry as r:  # too late to retry: the client has the first tokens
+                raise r.err from r
+        finally:
+            body.close()  # also when the consumer stops early: the endpoint sees the connection go
+
+    def _chunks(self, body: Any) -> Iterator[dict]:
+        """TGI chunks from the event stream's payload parts; errors become CirrusErrors (breaker told)."""
+        from urllib3.exceptions import HTTPError, ReadTimeoutError as SocketReadTimeout
+
+        decoder = SseDecoder()
+        events = iter(body)
+        while True:
+            try:
+                ev = next(events)
+            except StopIteration:
+                break
+            except SocketReadTimeout as exc:
+                # Between two events: botocore's read timeout is an idle timeout here.
+                raise self._transport_error(ReadTimeoutError(endpoint_url=self.endpoint or "")) from exc
+            except HTTPError as exc:  # the connection broke mid-stream
+                raise self._transport_error(ConnectionClosedError(endpoint_url=self.endpoint or "")) from exc
+            except (ClientError, BotoCoreError) as exc:
+                # ModelStreamError / InternalStreamFailure arrive as EventStreamError (a ClientError).
+                raise self._transport_error(exc) from exc
+            part = ev.get("PayloadPart", {}).get("Bytes", b"")
+            for data in decoder.feed(part):
+                chunk = self._chunk(data)
+                if chunk is not None:
+                    yield chunk
+        for data in decoder.close():
+            chunk = self._chunk(data)
+            if chunk is not None:
+                yield chunk
+
+    def _chunk(self, data: str) -> dict | None:
+        if data.strip() == "[DONE]":
+            return None
+        try:
+            chunk = json.loads(data)
+            if not isinstance(chunk, dict):
+                raise ValueError("not an object")
+        except ValueError as exc:
+            self.breaker.failure("unreadable stream event")
+            raise ModelUnavailable("the generation endpoint sent an unreadable stream event",
+                                   code="bad_endpoint_response") from exc
+        if "error" in chunk and "choices" not in chunk:
+            # TGI reports a failure inside the stream as {"error": "...", "error_type": "..."}.
+            if chunk.get("error_type") == "validation":
+                raise ValidationFailed(f"the model refused the request: {_container_message(chunk)}",
+                                       code="model_refused")
+            self.breaker.failure("generation error")
+            raise _Retry(ModelUnavailable("the generation endpoint failed while generating", code="endpoint_error"))
+        return chunk
+
     def _attempt(self, kwargs: dict[str, Any]) -> dict:
         try:
             resp = self.client.invoke_endpoint(**kwargs)
             raw = resp["Body"].read()
-        except ReadTimeoutError as exc:
-            self.breaker.failure("read timeout")
-            raise UpstreamTimeout(f"the generation endpoint did not answer within "
-                                  f"{self.settings.heavy_read_timeout_s:g} s; for long generations send "
-                                  f"the request as an async job (header 'Prefer: respond-async')") from exc
-        except (ConnectTimeoutError, EndpointConnectionError, ConnectionClosedError) as exc:
-            self.breaker.failure("connection failed")
-            raise _Retry(ModelUnavailable("the generation endpoint cannot be reached",
-                                          code="endpoint_unreachable")) from exc
-        except ClientError as exc:
-            raise self._classify(exc) from exc
-        except BotoCoreError as exc:
-            self.breaker.failure(exc.__class__.__name__)
-            raise _Retry(ModelUnavailable("the generation endpoint call failed", code="endpoint_error")) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise self._transport_error(exc) from exc
         try:
             answer = json.loads(raw)
             if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list) or not answer["choices"]:

@@ -25,11 +25,14 @@ class Decision:
         return f"{self.route}; {self.reason}"
 
 
-def decide(model: str, max_tokens: int, settings: Settings, *, want_async: bool = False) -> Decision:
+def decide(model: str, max_tokens: int, settings: Settings, *, want_async: bool = False,
+           stream: bool = False) -> Decision:
     """Pick the route for ``model`` generating up to ``max_tokens`` tokens.
 
     Light when the model has an ONNX bundle on Lambda and the budget fits ``light_max_tokens``;
     heavy when the endpoint serves the model; async when asked for or over ``sync_max_tokens``.
+    A streamed answer is never async: it has no 29 s limit to escape (the stream may last up to
+    the function timeout), so a long one goes to heavy.
     """
     light = model in settings.generation_models
     heavy = model in settings.heavy_models
@@ -38,7 +41,11 @@ def decide(model: str, max_tokens: int, settings: Settings, *, want_async: bool 
     if heavy and not light and not (settings.heavy_endpoint_name or settings.heavy_async_endpoint_name):
         raise ModelUnavailable(f"model '{model}' is served by the heavy endpoint, which is disabled in "
                                f"stage '{settings.stage}'", code="heavy_endpoint_disabled")
-    over_sync = max_tokens > settings.sync_max_tokens
+    if stream and want_async:
+        raise ValidationFailed("stream: a streamed answer cannot also be an async job (header "
+                               "'Prefer: respond-async'); drop one of them", param="stream",
+                               code="stream_async_conflict")
+    over_sync = max_tokens > settings.sync_max_tokens and not stream
     if want_async or over_sync:
         why = "async requested" if want_async else f"max_tokens {max_tokens} > sync budget {settings.sync_max_tokens}"
         if not heavy:

@@ -49,6 +49,11 @@ class ChatMessage(BaseModel):
         return clean_text(raw)
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: StrictBool | None = None
+
+
 class _GenerationRequest(BaseModel):
     """Fields shared by chat and completions: sampling, budget, stops."""
 
@@ -60,7 +65,8 @@ class _GenerationRequest(BaseModel):
     stop: StrictStr | list[StrictStr] | None = None
     seed: StrictInt | None = Field(None, ge=0, le=SEED_MAX)
     n: StrictInt | None = Field(None, ge=1, le=MAX_N)
-    stream: Literal[False] | None = Field(None, description="streaming is not supported; use async jobs")
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
     user: StrictStr | None = Field(None, max_length=256)  # accepted (abuse tracing); never logged
     presence_penalty: float | None = _finite(-2.0, 2.0)
     frequency_penalty: float | None = _finite(-2.0, 2.0)
@@ -89,6 +95,24 @@ class _GenerationRequest(BaseModel):
             if not (-100.0 <= bias <= 100.0):  # NaN fails this too
                 raise ValueError("biases must be between -100 and 100")
         return v
+
+    @model_validator(mode="after")
+    def _stream_options_need_stream(self) -> "_GenerationRequest":
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options: only allowed when stream is true")
+        if self.stream and (self.n or 1) > 1:
+            raise ValueError("n: a streamed answer has one choice; send n > 1 without stream")
+        if self.stream and getattr(self, "logprobs", None) not in (None, False):
+            raise ValueError("logprobs: not sent in streamed answers; send the request without stream")
+        return self
+
+    @property
+    def streamed(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def stops(self) -> tuple[str, ...]:
         return tuple([self.stop] if isinstance(self.stop, str) else (self.stop or []))
@@ -119,6 +143,8 @@ class _GenerationRequest(BaseModel):
     def heavy_sampling(self, default_max_tokens: int) -> dict:
         """The budget, sampling and stop fields of a heavy-endpoint body (TGI takes OpenAI's names)."""
         body: dict = {"max_tokens": self.budget(default_max_tokens), "stream": False}
+        if self.include_usage:  # the heavy client sets "stream": true; TGI >= 2.2 honours this
+            body["stream_options"] = {"include_usage": True}
         for key in ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty"):
             if getattr(self, key) is not None:
                 body[key] = getattr(self, key)
@@ -136,7 +162,7 @@ class _GenerationRequest(BaseModel):
 
 
 class ChatCompletionRequest(_GenerationRequest):
-    """OpenAI ``POST /v1/chat/completions`` (non-streaming)."""
+    """OpenAI ``POST /v1/chat/completions`` (``stream: true`` answers with server-sent events)."""
 
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: StrictInt | None = Field(None, ge=1)  # the newer name of max_tokens

@@ -4,10 +4,11 @@ from __future__ import annotations
 from aws_lambda_powertools.event_handler import Response
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from functions.core.generation import service
+from functions.core.generation import service, streaming
 from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
 from functions.core.http.body import caller_key_id, parse
 from functions.core.http.response import ROUTE_HEADER, json_response
+from functions.core.http.stream import sse_response
 from functions.core.settings import get_settings
 
 router = Router()
@@ -20,7 +21,10 @@ def _wants_async() -> bool:
 
 
 def _generated(req: service.Request) -> Response:
-    out = service.generate(req, get_settings(), want_async=_wants_async(), owner=caller_key_id(router))
+    settings = get_settings()
+    if req.streamed:
+        return sse_response(streaming.stream(req, settings, want_async=_wants_async()))
+    out = service.generate(req, settings, want_async=_wants_async(), owner=caller_key_id(router))
     headers = {ROUTE_HEADER: out.decision.summary()}
     if out.job_path is not None:
         headers["Location"] = out.job_path
