@@ -11,7 +11,7 @@ import time
 import pytest
 import requests
 
-GEN_MODEL = "cirrus-tiny-gpt2"
+GEN_MODEL = "smollm2-135m-instruct"
 USER = [{"role": "user", "content": "Tell me a long story"}]
 
 
