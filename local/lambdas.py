@@ -63,12 +63,16 @@ class LambdaFunction:
             self._handler = getattr(importlib.import_module(module_name), attr)
         return self._handler
 
+    def _context(self) -> LambdaContext:
+        """A fresh invocation context, as Lambda gives each request."""
+        return LambdaContext(function_name=self.name, memory_limit_in_mb=self.memory_mb,
+                             timeout_s=self.timeout_s, aws_request_id=str(uuid.uuid4()))
+
     def invoke(self, event: dict) -> Any:
         """Run the handler on ``event``; exceptions propagate like a Lambda function error."""
         with self._lock:
             handler = self.load()
-            ctx = LambdaContext(function_name=self.name, memory_limit_in_mb=self.memory_mb,
-                                timeout_s=self.timeout_s, aws_request_id=str(uuid.uuid4()))
+            ctx = self._context()
             start = time.perf_counter()
             self.invocations += 1
             try:
@@ -89,8 +93,7 @@ class LambdaFunction:
         """
         with self._lock:
             handler = self.load()
-            ctx = LambdaContext(function_name=self.name, memory_limit_in_mb=self.memory_mb,
-                                timeout_s=self.timeout_s, aws_request_id=str(uuid.uuid4()))
+            ctx = self._context()
             start = time.perf_counter()
             self.invocations += 1
             chunks: Any = None
