@@ -44,7 +44,10 @@ class Settings(BaseModel):
     light_max_tokens: int = Field(256, ge=1)     # larger requests leave the Lambda (heavy or async)
     sync_max_tokens: int = Field(1024, ge=1)     # larger requests become async jobs
     # --- limits ---
-    max_inputs: int = 256
+    max_inputs: int = 2048                    # as in the OpenAI API
+    # Tokens per embeddings/classify request (after truncation): what the api function finishes
+    # inside its 29 s at the dev stage's 2,048 MB with room to spare (bench/token_cap.py, docs/limits.md).
+    max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
     max_body_bytes: int = 2_000_000
     token_overflow: Literal["truncate", "reject"] = "truncate"
