@@ -89,7 +89,19 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
     ("GET", "/v1/generation/jobs/{id}"),  # async generation status (functions.core.generation)
+    # The OpenAI Files and Batch API (functions.core.batch.openai_api)
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/{id}"),
+    ("GET", "/v1/files/{id}/content"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("POST", "/v1/batches/{id}/cancel"),
 )
+
+# POST routes that take no body (clients send none, yet label it application/json): the gateway's
+# JSON-object check does not apply to them. (Multipart uploads are not application/json: unchecked.)
+BODYLESS_POSTS: frozenset[str] = frozenset({"/v1/batches/{id}/cancel"})
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from functions.core.errors import CirrusError
-from infra.resources import GATEWAY_RESPONSES
+from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
@@ -283,7 +283,7 @@ class Gateway:
         path = unquote(urlsplit(req.target).path) or "/"
         resource, path_params = self.routes.match(req.method, path)
         authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
-        if req.method == "POST":
+        if req.method == "POST" and resource not in BODYLESS_POSTS:
             _validate_json_object(req)
         event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,
                                   stage=self.stage, request_id=request_id, authorizer=authorizer_ctx,

@@ -50,6 +50,9 @@ class Settings(BaseModel):
     max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
     max_body_bytes: int = 2_000_000
+    # POST /v1/files in one request: a Lambda request payload is at most 6 MB; larger files use the
+    # presigned upload (POST /v1/files with a JSON body).
+    max_upload_bytes: int = Field(5_000_000, ge=1024)
     token_overflow: Literal["truncate", "reject"] = "truncate"
     batch_size: int = 32
     # --- batch jobs (functions/core/batch) ---

@@ -13,7 +13,7 @@ from constructs import Construct
 from infra.constructs import acknowledge
 from infra.constructs.functions import encrypted_log_group
 # Routes and gateway responses are plain data, shared with the local gateway (local/gateway.py).
-from infra.resources import GATEWAY_RESPONSES, ROUTES
+from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES, ROUTES
 from infra.settings import StageSettings
 
 AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
@@ -64,7 +64,8 @@ class Api(Construct):
                 authorizer=self.authorizer,
                 authorization_type=apigw.AuthorizationType.CUSTOM,
                 request_validator=validator,
-                request_models={"application/json": json_object} if verb == "POST" else None,
+                request_models=({"application/json": json_object}
+                                if verb == "POST" and path not in BODYLESS_POSTS else None),
             )
         for name, response in GATEWAY_RESPONSES.items():
             self.rest_api.add_gateway_response(

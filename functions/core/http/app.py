@@ -12,6 +12,7 @@ from functions.core.errors import CirrusError, NotFound, to_response
 from functions.core.http.routes.generation import router as generation_router
 from functions.core.http.routes.jobs import router as jobs_router
 from functions.core.http.routes.light import router as light_router
+from functions.core.http.routes.openai_batch import router as openai_batch_router
 from functions.core.observability import logger, metrics
 
 app = APIGatewayRestResolver()
@@ -59,3 +60,4 @@ def _bug(err: Exception) -> Response:
 app.include_router(light_router)
 app.include_router(jobs_router)
 app.include_router(generation_router)
+app.include_router(openai_batch_router)
