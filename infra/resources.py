@@ -79,6 +79,7 @@ RESOURCES = Resources(
 # them, so a route missing here answers 404 before reaching Lambda, in AWS and locally alike.
 ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/health"),
+    ("GET", "/openapi.json"),             # generated from the request models (functions.core.http.openapi)
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model}"),
     ("POST", "/v1/embeddings"),
