@@ -48,7 +48,7 @@ TRIM_DIRS = (
 TRIM_DIR_NAMES = ("__pycache__", "tests", "testing_data")
 # botocore ships the models of every AWS service (~80% of its size); the functions call these only.
 BOTOCORE_SERVICES = ("s3", "dynamodb", "sqs", "sagemaker-runtime", "sts")
-TRIM_SUFFIXES = (".pyc", ".pyi", ".c", ".h", ".pxd")
+TRIM_SUFFIXES = (".pyc", ".pyi", ".c", ".h", ".pxd", ".map")
 # Packages that must never reach a Lambda asset (export-time only). boto3/botocore are packaged (pinned
 # in requirements-lambda.txt) rather than taken from the runtime, whose version AWS does not promise:
 # the functions use S3 conditional writes (IfNoneMatch), which older runtime SDKs lack.

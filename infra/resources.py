@@ -79,7 +79,6 @@ RESOURCES = Resources(
 # them, so a route missing here answers 404 before reaching Lambda, in AWS and locally alike.
 ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/health"),
-    ("GET", "/openapi.json"),             # generated from the request models (functions.core.http.openapi)
     ("GET", "/v1/models"),
     ("GET", "/v1/models/{model}"),
     ("POST", "/v1/embeddings"),
@@ -98,6 +97,15 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/batches"),
     ("GET", "/v1/batches/{id}"),
     ("POST", "/v1/batches/{id}/cancel"),
+)
+
+# The API's description and its Swagger UI page: public (a browser loading a page sends no key; the
+# page's "try it out" calls send the key given to its Authorize button). The REST API creates them
+# only in stages with ``api.docs`` (cdk.json; off unless set); the local gateway always serves them.
+DOCS_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/{file}"),
 )
 
 # POST routes that take no body (clients send none, yet label it application/json): the gateway's

@@ -249,8 +249,9 @@ class Gateway:
     def __init__(self, api: LambdaFunction, authorizer: LambdaFunction | None, *,
                  routes: Sequence[tuple[str, str]], stage: str, api_id: str = "cirruslocal",
                  cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
-                 host: str = "127.0.0.1") -> None:
-        self.routes = Routes(routes)
+                 host: str = "127.0.0.1", public: Sequence[tuple[str, str]] = ()) -> None:
+        self.routes = Routes(list(routes) + [r for r in public if r not in routes])
+        self.public = {resource for _, resource in public}  # methods without the authorizer
         self.api = api
         self.authorizer = authorizer
         self.stage = stage
@@ -282,7 +283,8 @@ class Gateway:
             raise GatewayError("REQUEST_TOO_LARGE")
         path = unquote(urlsplit(req.target).path) or "/"
         resource, path_params = self.routes.match(req.method, path)
-        authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
+        authorizer_ctx = (None if resource in self.public
+                          else self._authorize(req, method_arn(self.api_id, self.stage, req.method, path)))
         if req.method == "POST" and resource not in BODYLESS_POSTS:
             _validate_json_object(req)
         event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,

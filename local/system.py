@@ -271,12 +271,12 @@ class LocalSystem:
         get_settings.cache_clear()
 
     def _gateway(self) -> str:
-        from infra.resources import ROUTES
+        from infra.resources import DOCS_ROUTES, ROUTES
         from local.gateway import Gateway, GatewayServer
 
         api, auth = self._function("api"), self._function("authorizer")
         gw = Gateway(api, auth, routes=ROUTES, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
-                     host=self.cfg.host)
+                     host=self.cfg.host, public=DOCS_ROUTES)
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)
         except OSError as exc:

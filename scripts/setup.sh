@@ -13,7 +13,7 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x "$VENV/bin/python"
   exit 0
 fi
 
-STEPS=7
+STEPS=8
 START=$SECONDS
 LOG=$(mktemp -t cirrus-setup.XXXXXX.log)
 step() { echo "==> [$1/$STEPS] $2 ($((SECONDS - START)) s so far)"; }
@@ -55,6 +55,17 @@ if command -v npm >/dev/null 2>&1 && [ -f package.json ]; then
   step 6 "the CDK CLI (npm devDependency)"
   npm install --no-audit --no-fund --silent
 fi
-step 7 "done"
+# Headless browser for the /docs page test (tests/integration/test_local_docs_browser.py): Debian's
+# packages, where apt-get can run as root; elsewhere that one test skips and says why.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    step 7 "chromium + chromium-driver (Debian packages, for the /docs browser test)"
+    { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } \
+      >>"$LOG" 2>&1 || { echo "apt-get could not install chromium; see $LOG" >&2; exit 1; }
+  else
+    step 7 "chromium: not installed (needs apt-get as root); the /docs browser test will skip"
+  fi
+fi
+step 8 "done"
 echo "$want" > "$STAMP"
 echo "==> setup done"

@@ -1,8 +1,10 @@
-"""The OpenAPI 3.1 description of the API, generated from the pydantic models the routes validate with.
+"""The OpenAPI 3.0 description of the API, generated from the pydantic models the routes validate with.
 
 Paths come from ``OPERATIONS`` (one entry per route of ``infra.resources.ROUTES``, checked by
 tests/unit/test_openapi.py); request bodies are the JSON schemas of the very models ``parse()``
-validates against, so the description cannot drift from what the API accepts.
+validates against, so the description cannot drift from what the API accepts. OpenAPI 3.0 rather
+than 3.1 because the Swagger UI that ships on PyPI (4.x) renders 3.0 only: pydantic's JSON Schema
+(2020-12) is turned into 3.0's dialect by ``_oas30`` (null unions, const, exclusive bounds).
 """
 from __future__ import annotations
 
@@ -19,7 +21,33 @@ from functions.core.light.schemas import ClassifyRequest, EmbeddingsRequest
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type"],
     "properties": {"message": {"type": "string"}, "type": {"type": "string"},
-                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+                   "param": {"type": "string", "nullable": True}, "code": {"type": "string", "nullable": True}}}}}
+PUBLIC = {("GET", "/openapi.json")}  # no key needed (infra.resources.DOCS_ROUTES)
+
+
+def _oas30(node: Any) -> Any:
+    """JSON Schema 2020-12 (pydantic) -> the OpenAPI 3.0 schema dialect."""
+    if isinstance(node, list):
+        return [_oas30(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _oas30(v) for k, v in node.items() if k not in ("const",)}
+    if "const" in node:
+        out["enum"] = [node["const"]]
+    for key in ("anyOf", "oneOf"):
+        if key in out:
+            kept = [s for s in out[key] if s != {"type": "null"}]
+            if len(kept) < len(out[key]):
+                out["nullable"] = True
+            if len(kept) == 1:
+                del out[key]
+                out.update(kept[0] if "$ref" not in kept[0] else {"allOf": kept})
+            else:
+                out[key] = kept
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out.get(bound), bool):
+            out[plain], out[bound] = out[bound], True
+    return out
 
 
 class Operation(NamedTuple):
@@ -58,8 +86,7 @@ def _request_body(op: Operation, schemas: dict[str, Any]) -> dict[str, Any] | No
         return None
     if op.body == "multipart":
         upload = FileUpload.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(upload.pop("$defs", {}))
-        schemas["FileUpload"] = upload
+        schemas["FileUpload"] = _oas30(upload)
         form = {"type": "object", "required": ["purpose", "file"],
                 "properties": {"purpose": {"type": "string", "enum": ["batch"]},
                                "file": {"type": "string", "format": "binary"}}}
@@ -67,8 +94,8 @@ def _request_body(op: Operation, schemas: dict[str, Any]) -> dict[str, Any] | No
                                               "application/json": {"schema": {"$ref": "#/components/schemas/FileUpload"}}}}
     assert isinstance(op.body, type)
     schema = op.body.model_json_schema(ref_template="#/components/schemas/{model}")
-    schemas.update(schema.pop("$defs", {}))
-    schemas[op.body.__name__] = schema
+    schemas.update({k: _oas30(v) for k, v in schema.pop("$defs", {}).items()})
+    schemas[op.body.__name__] = _oas30(schema)
     return {"required": True, "content": {"application/json": {
         "schema": {"$ref": f"#/components/schemas/{op.body.__name__}"}}}}
 
@@ -92,8 +119,10 @@ def document() -> dict[str, Any]:
         body = _request_body(op, schemas)
         if body:
             entry["requestBody"] = body
+        if (method, path) in PUBLIC:
+            entry["security"] = []
         paths.setdefault(path, {})[method.lower()] = entry
-    return {"openapi": "3.1.0",
+    return {"openapi": "3.0.3",
             "info": {"title": "Cirrus", "version": "1",
                      "description": "OpenAI-compatible embeddings, classification and generation on AWS "
                                     "Lambda; send `Authorization: Bearer <API key>`."},

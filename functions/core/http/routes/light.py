@@ -37,9 +37,3 @@ def model(model: str) -> Response:
 def health() -> Response:
     return json_response(service.health(get_settings()))
 
-
-@router.get("/openapi.json")
-def openapi() -> Response:
-    from functions.core.http.openapi import document  # imported on first use: not on the cold-start path
-
-    return json_response(document())
