@@ -46,7 +46,7 @@ class Settings(BaseModel):
     # --- limits ---
     max_inputs: int = 2048                    # as in the OpenAI API
     # Tokens per embeddings/classify request (after truncation): what the api function finishes
-    # inside its 29 s at the dev stage's 2,048 MB with room to spare (bench/token_cap.py, docs/limits.md).
+    # inside its 29 s at the dev stage's 2,048 MB: 24 s measured on one loaded core (bench/token_cap.py).
     max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
     max_body_bytes: int = 2_000_000
