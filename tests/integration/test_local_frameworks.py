@@ -1,6 +1,6 @@
 """LangChain, LlamaIndex and LiteLLM over HTTP against the local system, configured as docs/frameworks/ says.
 
-The chat model is cirrus-tiny-gpt2 (random weights): these tests check that each framework's
+The chat model is smollm2-135m-instruct (the dev stage's chat model): these tests check that each framework's
 requests are accepted and its answers parsed, not the words. Embeddings are checked against the
 official client's vectors for the same texts.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 EMBEDDER = "all-minilm-l6-v2"
-GEN_MODEL = "cirrus-tiny-gpt2"
+GEN_MODEL = "smollm2-135m-instruct"
 TEXTS = ["where is my parcel?", "I want a refund", "the box arrived damaged"]
 
 
