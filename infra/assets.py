@@ -32,7 +32,7 @@ BUILD_DIR = REPO_ROOT / "build" / "lambda"
 REQUIREMENTS = REPO_ROOT / "requirements-lambda.txt"
 FUNCTIONS_SRC = REPO_ROOT / "functions"
 LAMBDA_LIMIT_BYTES = 250 * 1024 * 1024   # unzipped code + layers
-BUILDER_VERSION = "1"                    # bump when the trim rules change
+BUILDER_VERSION = "2"                    # bump when the trim rules change
 PLACEHOLDER_MARKER = "CIRRUS_PLACEHOLDER_ASSET"
 
 ASSETS = ("inference", "light")  # which one each function ships in: FunctionSpec.asset (infra/function_specs.py)
@@ -46,10 +46,13 @@ TRIM_DIRS = (
     "bin",
 )
 TRIM_DIR_NAMES = ("__pycache__", "tests", "testing_data")
-TRIM_SUFFIXES = (".pyc", ".pyi", ".c", ".h", ".pxd")
-# Packages that must never reach a Lambda asset (export-time only, or the Lambda runtime has them).
-FORBIDDEN_TOP_LEVEL = ("torch", "transformers", "optimum", "onnx", "sympy", "huggingface_hub",
-                       "hf_xet", "boto3", "botocore")
+# botocore ships the models of every AWS service (~80% of its size); the functions call these only.
+BOTOCORE_SERVICES = ("s3", "dynamodb", "sqs", "sagemaker-runtime", "sts")
+TRIM_SUFFIXES = (".pyc", ".pyi", ".c", ".h", ".pxd", ".map")
+# Packages that must never reach a Lambda asset (export-time only). boto3/botocore are packaged (pinned
+# in requirements-lambda.txt) rather than taken from the runtime, whose version AWS does not promise:
+# the functions use S3 conditional writes (IfNoneMatch), which older runtime SDKs lack.
+FORBIDDEN_TOP_LEVEL = ("torch", "transformers", "optimum", "onnx", "sympy", "huggingface_hub", "hf_xet")
 
 
 class AssetBuildError(RuntimeError):
@@ -117,6 +120,11 @@ def _deps_key(asset: str, arch: str, python_version: str) -> str:
 def _trim(root: Path) -> None:
     for rel in TRIM_DIRS:
         shutil.rmtree(root / rel, ignore_errors=True)
+    models = root / "botocore" / "data"
+    if models.is_dir():
+        for service in models.iterdir():
+            if service.is_dir() and service.name not in BOTOCORE_SERVICES:
+                shutil.rmtree(service)
     for path in sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         if path.is_dir() and path.name in TRIM_DIR_NAMES:
             shutil.rmtree(path, ignore_errors=True)

@@ -89,6 +89,14 @@ ROUTES: tuple[tuple[str, str], ...] = (
     ("GET", "/v1/jobs"),
     ("GET", "/v1/jobs/{id}"),
     ("GET", "/v1/generation/jobs/{id}"),  # async generation status (functions.core.generation)
+    # The OpenAI Files and Batch API (functions.core.batch.openai_api)
+    ("POST", "/v1/files"),
+    ("GET", "/v1/files/{id}"),
+    ("GET", "/v1/files/{id}/content"),
+    ("POST", "/v1/batches"),
+    ("GET", "/v1/batches"),
+    ("GET", "/v1/batches/{id}"),
+    ("POST", "/v1/batches/{id}/cancel"),
 )
 
 # The routes whose answers may stream (``stream: true``): API Gateway invokes the ``generation``
@@ -99,6 +107,19 @@ STREAMED_ROUTES: frozenset[tuple[str, str]] = frozenset({
     ("POST", "/v1/completions"),
 })
 STREAM_FUNCTION = "generation"
+
+# The API's description and its Swagger UI page: public (a browser loading a page sends no key; the
+# page's "try it out" calls send the key given to its Authorize button). The REST API creates them
+# only in stages with ``api.docs`` (cdk.json; off unless set); the local gateway always serves them.
+DOCS_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/openapi.json"),
+    ("GET", "/docs"),
+    ("GET", "/docs/{file}"),
+)
+
+# POST routes that take no body (clients send none, yet label it application/json): the gateway's
+# JSON-object check does not apply to them. (Multipart uploads are not application/json: unchecked.)
+BODYLESS_POSTS: frozenset[str] = frozenset({"/v1/batches/{id}/cancel"})
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,7 @@ class ApiSettings(_Strict):
     throttle_burst_limit: int = Field(100, ge=1, le=5_000)
     waf: bool = False
     waf_rate_limit: int = Field(2000, ge=10, le=2_000_000_000)  # requests per 5 min per client IP
+    docs: bool = False   # GET /openapi.json and the Swagger UI page at /docs, without a key
 
 
 class HeavyEndpointSettings(_Strict):

@@ -348,17 +348,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from functions.core.batch.job import job_id_for
 
     job_id = job_id_for(bucket, key, etag)
-    print(f"uploaded {path} to s3://{bucket}/{key}: job {job_id}")
+    # With --json, stdout carries exactly one JSON document; everything for people goes to stderr.
+    human = sys.stderr if args.json else sys.stdout
+    print(f"uploaded {path} to s3://{bucket}/{key}: job {job_id}", file=human)
     if not args.wait:
+        if args.json:
+            print(json.dumps({"job_id": job_id, "bucket": bucket, "key": key}))
         return 0
-    job = _wait_for_job(state, job_id, args.timeout)
+    job = _wait_for_job(state, job_id, args.timeout, progress=Progress(sys.stderr))
     if job is None:
         print(f"error: job {job_id} did not finish within {args.timeout} s", file=sys.stderr)
         return 1
     from functions.core.batch.service import view  # the job API's public shape of a record
     from functions.core.settings import get_settings
 
-    print(json.dumps(view(job, get_settings(), with_urls=False), indent=2, default=str))
+    print(json.dumps(view(job, get_settings(), with_urls=False), indent=None if args.json else 2, default=str))
     if args.download and job.status.value.startswith("succeeded"):
         for kind in ("results", "errors"):
             out_key = f"{JOBS_OUTPUT_PREFIX}{job_id}/{kind}.jsonl"
@@ -366,13 +370,51 @@ def cmd_submit(args: argparse.Namespace) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 s3.download_file(bucket, out_key, str(target))
-                print(f"wrote {target}")
+                print(f"wrote {target}", file=human)
             except Exception:  # noqa: BLE001 - errors.jsonl is absent when every line succeeded
                 pass
     return 0 if job.status.value.startswith("succeeded") else 1
 
 
-def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float) -> Job | None:
+class Progress:
+    """A job's progress on ``out``: a bar redrawn in place on a terminal, one line per change otherwise.
+
+    Chunks done / total are exact (the job record counts them); lines done are estimated from them
+    until the job ends (the record holds line counts only then).
+    """
+
+    WIDTH = 30
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.tty = bool(getattr(out, "isatty", lambda: False)())
+        self.started = time.monotonic()
+        self.last = ""
+
+    def __call__(self, job: Job | None) -> None:
+        if job is None:
+            line = "waiting for the splitter to pick the file up..."
+        else:
+            total, done = job.chunks_total or 0, job.chunks_done + job.chunks_failed
+            frac = done / total if total else 0.0
+            lines = job.lines_ok + job.lines_failed if job.final else int(frac * (job.lines_total or 0))
+            rate = lines / max(time.monotonic() - self.started, 1e-6)
+            bar = "#" * int(frac * self.WIDTH) + "." * (self.WIDTH - int(frac * self.WIDTH))
+            line = (f"[{bar}] {job.status.value:<21} chunks {done}/{total or '?'}  "
+                    f"lines {'' if job.final else '~'}{lines}/{job.lines_total if job.lines_total is not None else '?'}"
+                    f"  {rate:,.0f} lines/s")
+        if line == self.last:
+            return
+        self.last = line
+        if self.tty:
+            self.out.write("\r" + line + ("\n" if job is not None and job.final else ""))
+        else:
+            self.out.write(line + "\n")
+        self.out.flush()
+
+
+def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float,
+                  progress: Progress | None = None) -> Job | None:
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(local_env(state))
     from functions.core.batch.job_store import job_store
@@ -381,6 +423,8 @@ def _wait_for_job(state: dict[str, Any], job_id: str, timeout: float) -> Job | N
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = store.get(job_id)
+        if progress is not None:
+            progress(job)
         if job and job.final:
             return job
         time.sleep(0.5)
@@ -450,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="wait for the job and print its record")
     submit.add_argument("--timeout", type=float, default=300, help="seconds to wait (default 300)")
     submit.add_argument("--download", metavar="DIR", help="with --wait: save results/errors JSONL into DIR")
+    submit.add_argument("--json", action="store_true",
+                        help="stdout: one JSON document (the finished job; without --wait its id); "
+                             "progress and messages go to stderr")
     submit.set_defaults(func=cmd_submit)
     return p
 

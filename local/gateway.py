@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from functions.core.errors import CirrusError, InvalidJSON
 from functions.core.http.body import decode_json
 from functions.core.http.stream import read_prelude
-from infra.resources import GATEWAY_RESPONSES
+from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
@@ -260,8 +260,10 @@ class Gateway:
                  routes: Sequence[tuple[str, str]], stage: str, api_id: str = "cirruslocal",
                  cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
                  host: str = "127.0.0.1", stream: LambdaFunction | None = None,
-                 streamed_routes: frozenset[tuple[str, str]] = frozenset()) -> None:
-        self.routes = Routes(routes)
+                 streamed_routes: frozenset[tuple[str, str]] = frozenset(),
+                 public: Sequence[tuple[str, str]] = ()) -> None:
+        self.routes = Routes(list(routes) + [r for r in public if r not in routes])
+        self.public = {resource for _, resource in public}  # methods without the authorizer
         self.stream = stream
         self.streamed_routes = streamed_routes if stream is not None else frozenset()
         self.api = api
@@ -295,8 +297,9 @@ class Gateway:
             raise GatewayError("REQUEST_TOO_LARGE")
         path = unquote(urlsplit(req.target).path) or "/"
         resource, path_params = self.routes.match(req.method, path)
-        authorizer_ctx = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
-        if req.method == "POST":
+        authorizer_ctx = (None if resource in self.public
+                          else self._authorize(req, method_arn(self.api_id, self.stage, req.method, path)))
+        if req.method == "POST" and resource not in BODYLESS_POSTS:
             _validate_json_object(req)
         event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,
                                   stage=self.stage, request_id=request_id, authorizer=authorizer_ctx,

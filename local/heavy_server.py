@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from functions.core.errors import CirrusError
+from functions.core.generation.tgi import Tool
 from functions.core.inference.generator import Delta, OnnxGenerator
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
@@ -117,13 +118,19 @@ class HeavyServer:
         try:
             fingerprint, token_text = f"local-{self.generator.version}", self.generator.token_text
             if "messages" in payload:
+                # TGI's own shapes for tools and grammars (not OpenAI's): read them as TGI does.
+                tgi = {k: payload.pop(k) for k in ("tools", "tool_choice", "parallel_tool_calls",
+                                                   "response_format") if k in payload}
                 req = ChatCompletionRequest.model_validate(payload)
-                if req.light_refusals():  # TGI would run tools / grammars; this ONNX stand-in cannot
-                    return 422, {"error": f"Input validation error: {req.light_refusals()[0]} is not "
-                                          f"implemented by the local stand-in", "error_type": "validation"}
+                structured = _structured(tgi)
+                if isinstance(structured, tuple):
+                    return structured
                 gens = self.generator.chat(req.turns(), req.sampling(20))
                 time.sleep(pace_s * sum(g.completion_tokens for g in gens))  # as long as the paced stream
-                return 200, chat_completion_body(req.model, gens, fingerprint=fingerprint, token_text=token_text)
+                body = chat_completion_body(req.model, gens, fingerprint=fingerprint, token_text=token_text)
+                if structured is not None:
+                    _apply(body, structured)
+                return 200, body
             req2 = CompletionRequest.model_validate(payload)
             gens = self.generator.complete(req2.text(), req2.sampling(20))
             time.sleep(pace_s * sum(g.completion_tokens for g in gens))
@@ -176,6 +183,75 @@ class HeavyServer:
             status, body = 500, {"error": f"{exc.__class__.__name__}", "error_type": "internal"}
         bucket, key = split(output_uri if status == 200 else failure_uri)
         self.s3().put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+
+
+# --- tools and grammars, as TGI answers them -------------------------------------------------------
+# TGI constrains decoding with a grammar so the reply matches a tool's parameters or a JSON schema.
+# This ONNX stand-in has no grammar engine: it answers with the smallest instance of the schema, in
+# TGI 3.0's wire shape (tool-call arguments as an object, ids "0", finish_reason "eos_token"), so the
+# production translation (functions/core/generation/tgi.py) runs against the shape TGI sends.
+def minimal_instance(schema: Any) -> Any:
+    """The smallest value valid for a (simple) JSON schema: required properties only."""
+    if not isinstance(schema, dict):
+        return {}
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf", "allOf"):
+        if schema.get(key):
+            return minimal_instance(schema[key][0])
+    kind = schema.get("type", "object")
+    kind = kind[0] if isinstance(kind, list) and kind else kind
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {name: minimal_instance(props.get(name, {})) for name in schema.get("required", [])}
+    if kind == "array":
+        return [minimal_instance(schema.get("items", {}))] * int(schema.get("minItems", 0))
+    if kind in ("integer", "number"):
+        return schema.get("minimum", 0)
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return "x" * int(schema.get("minLength", 0))
+
+
+def _structured(tgi: dict[str, Any]) -> dict[str, Any] | tuple[int, dict] | None:
+    """What the reply must be (a tool call or a JSON document), or TGI's 422 for a malformed field."""
+    def refuse(msg: str) -> tuple[int, dict]:
+        return 422, {"error": f"Input validation error: {msg}", "error_type": "validation"}
+
+    choice = tgi.get("tool_choice", "auto")
+    if tgi.get("tools") and choice != "none":
+        try:
+            tools = [Tool.model_validate(t) for t in tgi["tools"]]
+        except ValidationError:
+            return refuse("tools: expected a list of {type: function, function: {name, parameters}}")
+        wanted = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        found = [t for t in tools if wanted in (None, t.function.name)]
+        if not found:
+            return refuse(f"tool_choice: no tool named {wanted!r}")
+        fn = found[0].function
+        return {"tool_call": {"id": "0", "type": "function",
+                              "function": {"description": None, "name": fn.name,
+                                           "arguments": minimal_instance(fn.parameters or {})}}}
+    grammar = tgi.get("response_format")
+    if grammar is not None:
+        if not isinstance(grammar, dict) or grammar.get("type") not in ("json", "json_object") \
+                or not isinstance(grammar.get("value"), dict):
+            return refuse("response_format: expected {type: json, value: <JSON schema>}")
+        return {"json": minimal_instance(grammar["value"])}
+    return None
+
+
+def _apply(body: dict, structured: dict[str, Any]) -> None:
+    choice = body["choices"][0]
+    if "tool_call" in structured:
+        choice["message"] = {"role": "assistant", "tool_calls": [structured["tool_call"]]}
+    else:
+        choice["message"]["content"] = json.dumps(structured["json"])
+    choice["finish_reason"] = "eos_token"
 
 
 def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:

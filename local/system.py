@@ -271,12 +271,13 @@ class LocalSystem:
         get_settings.cache_clear()
 
     def _gateway(self) -> str:
-        from infra.resources import ROUTES, STREAM_FUNCTION, STREAMED_ROUTES
+        from infra.resources import DOCS_ROUTES, ROUTES, STREAM_FUNCTION, STREAMED_ROUTES
         from local.gateway import Gateway, GatewayServer
 
         api, auth = self._function("api"), self._function("authorizer")
         gw = Gateway(api, auth, routes=ROUTES, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
-                     host=self.cfg.host, stream=self._function(STREAM_FUNCTION), streamed_routes=STREAMED_ROUTES)
+                     host=self.cfg.host, stream=self._function(STREAM_FUNCTION), streamed_routes=STREAMED_ROUTES,
+                     public=DOCS_ROUTES)
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)
         except OSError as exc:

@@ -20,6 +20,10 @@ JOBS_GENERATION_PREFIX = "jobs/generation/"
 # <inference id>.out, failures as <inference id>-error.out; the API reads the locations it returns.
 JOBS_GENERATION_OUTPUT_PREFIX = f"{JOBS_GENERATION_PREFIX}out/"
 JOBS_GENERATION_FAILURE_PREFIX = f"{JOBS_GENERATION_PREFIX}failed/"
+# The OpenAI Files/Batch API (functions/core/batch/openai_api.py): uploaded files and their metadata,
+# converted output files, and one record per batch. Outside jobs/input/, so nothing here starts a job.
+OPENAI_FILES_PREFIX = "openai/files/"        # <file id>/content, <file id>/meta.json
+OPENAI_BATCHES_PREFIX = "openai/batches/"    # <batch id>.json
 
 # --- SQS -----------------------------------------------------------------------------------------
 # AWS guidance: a queue's visibility timeout >= 6x its consuming function's timeout.

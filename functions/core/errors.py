@@ -54,6 +54,12 @@ class ModelNotFound(NotFound):
     code = "model_not_found"
 
 
+class Conflict(CirrusError):
+    """The request is valid but the resource's state does not allow it (e.g. cancelling a finished batch)."""
+
+    status, type, code = 409, "invalid_request_error", "conflict"
+
+
 class PayloadTooLarge(CirrusError):
     status, type, code = 413, "invalid_request_error", "payload_too_large"
 

@@ -44,9 +44,15 @@ class Settings(BaseModel):
     light_max_tokens: int = Field(256, ge=1)     # larger requests leave the Lambda (heavy or async)
     sync_max_tokens: int = Field(1024, ge=1)     # larger requests become async jobs
     # --- limits ---
-    max_inputs: int = 256
+    max_inputs: int = 2048                    # as in the OpenAI API
+    # Tokens per embeddings/classify request (after truncation): what the api function finishes
+    # inside its 29 s at the dev stage's 2,048 MB: 24 s measured on one loaded core (bench/token_cap.py).
+    max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
     max_body_bytes: int = 2_000_000
+    # POST /v1/files in one request: a Lambda request payload is at most 6 MB; larger files use the
+    # presigned upload (POST /v1/files with a JSON body).
+    max_upload_bytes: int = Field(5_000_000, ge=1024)
     token_overflow: Literal["truncate", "reject"] = "truncate"
     batch_size: int = 32
     # --- batch jobs (functions/core/batch) ---

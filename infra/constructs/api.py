@@ -13,7 +13,7 @@ from constructs import Construct
 from infra.constructs import acknowledge
 from infra.constructs.functions import encrypted_log_group
 # Routes and gateway responses are plain data, shared with the local gateway (local/gateway.py).
-from infra.resources import GATEWAY_RESPONSES, ROUTES, STREAMED_ROUTES
+from infra.resources import BODYLESS_POSTS, DOCS_ROUTES, GATEWAY_RESPONSES, ROUTES, STREAMED_ROUTES
 from infra.settings import StageSettings
 
 AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
@@ -72,8 +72,16 @@ class Api(Construct):
                 authorizer=self.authorizer,
                 authorization_type=apigw.AuthorizationType.CUSTOM,
                 request_validator=validator,
-                request_models={"application/json": json_object} if verb == "POST" else None,
+                request_models=({"application/json": json_object}
+                                if verb == "POST" and path not in BODYLESS_POSTS else None),
             )
+        for verb, path in DOCS_ROUTES if stage.api.docs else ():
+            method = self.rest_api.root.resource_for_path(path).add_method(
+                verb, integration, authorization_type=apigw.AuthorizationType.NONE)
+            acknowledge(method, id="AwsSolutions-APIG4",
+                        reason="the API description and its Swagger UI page are public in stages that "
+                               "enable api.docs; every API method keeps the bearer-key authorizer")
+            acknowledge(method, id="AwsSolutions-COG4", reason="public documentation page, no caller identity")
         for name, response in GATEWAY_RESPONSES.items():
             self.rest_api.add_gateway_response(
                 f"Gw{name}", type=apigw.ResponseType.of(name),

@@ -13,8 +13,9 @@ from infra.function_specs import FUNCTIONS
 from infra.settings import load_stage
 
 REPO = Path(__file__).resolve().parents[2]
-# What the Lambda Python runtime provides besides the standard library.
-RUNTIME_PROVIDED = {"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six"}
+# What the Lambda Python runtime provides besides the standard library: nothing the functions rely on
+# (boto3/botocore are packaged, pinned, so the SDK in AWS is the one the tests ran).
+RUNTIME_PROVIDED: set[str] = set()
 
 
 @pytest.fixture(scope="session")
@@ -128,3 +129,16 @@ def test_only_the_functions_that_run_models_take_the_inference_asset():
     for spec in FUNCTIONS:
         heavy = _third_party_imports(spec.handler.rsplit(".", 1)[0], set()) & {"onnxruntime", "numpy", "tokenizers"}
         assert bool(heavy) == (spec.asset == "inference"), (spec.id, heavy)
+
+
+@pytest.mark.slow
+def test_assets_carry_the_pinned_sdk_with_the_models_of_the_services_used(built):
+    import re
+
+    pins = dict(re.findall(r"^(boto3|botocore)==(\S+)", assets.REQUIREMENTS.read_text(), re.M))
+    for name, report in built.items():
+        for pkg, version in pins.items():
+            dist = list(report.path.glob(f"{pkg}-{version}.dist-info"))
+            assert dist, f"{name}: {pkg}=={version} not in the asset"
+        services = {p.name for p in (report.path / "botocore" / "data").iterdir() if p.is_dir()}
+        assert services == set(assets.BOTOCORE_SERVICES), name

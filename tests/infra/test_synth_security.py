@@ -8,7 +8,7 @@ import pytest
 from infra.constructs.api import ROUTES
 from infra.constructs.batch import VISIBILITY_FACTOR
 from infra.function_specs import FUNCTIONS, STREAM_EXEC_WRAPPER
-from infra.resources import RESOURCES
+from infra.resources import DOCS_ROUTES, RESOURCES
 from infra.settings import FunctionsSettings, all_stages
 from functions.core.settings import ENV_PREFIX, Settings
 from template_support import as_list, ref_id
@@ -157,6 +157,12 @@ def test_key_rotates_and_topic_is_encrypted(synth, stage):
 @pytest.mark.parametrize("stage", STAGES)
 def test_the_authorizer_guards_every_method(synth, stage):
     methods = synth.resources(stage, "AWS::ApiGateway::Method")
+    # The docs routes are the only public ones, and exist only where the stage enables them.
+    public = {k: m for k, m in methods.items() if m["Properties"]["AuthorizationType"] == "NONE"}
+    docs = all_stages()[stage].api.docs if stage != "citest" else False  # citest: the default (off)
+    assert len(public) == (len(DOCS_ROUTES) if docs else 0)
+    assert all(m["Properties"]["HttpMethod"] == "GET" for m in public.values())
+    methods = {k: m for k, m in methods.items() if k not in public}
     assert len(methods) == len(ROUTES)
     (auth_id,) = synth.resources(stage, "AWS::ApiGateway::Authorizer")
     for m in methods.values():

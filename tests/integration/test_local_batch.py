@@ -141,3 +141,14 @@ def test_a_poison_work_message_is_retried_then_dead_lettered_and_consumed_by_the
     for url in (work["url"], work["dlq_url"]):
         attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
         assert attrs["Attributes"]["ApproximateNumberOfMessages"] == "0"
+
+
+def test_submit_wait_json_prints_one_json_document_and_progress_on_stderr(local_cirrus, tmp_path):
+    f = tmp_path / "cli-json-job.jsonl"
+    f.write_text("".join(f'{{"input": "line {i}"}}\n' for i in range(5)))
+    out = local_cirrus.cli("submit", str(f), "--wait", "--json", "--timeout", "120")
+    assert out.returncode == 0, out.stdout + out.stderr
+    job = json.loads(out.stdout)  # nothing else on stdout
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 5
+    progress = [line for line in out.stderr.splitlines() if line.startswith("[")]
+    assert progress and "chunks 1/1" in progress[-1] and "lines 5/5" in progress[-1] and "lines/s" in progress[-1]

@@ -204,7 +204,7 @@ def test_deeply_nested_json_sent_as_text_plain_base64_is_a_400(light_api):
     ({"model": EMBEDDER, "input": 42}, "input"),
     ({"model": EMBEDDER, "input": ["ok", 3]}, "input"),
     ({"model": EMBEDDER, "input": [[101, 2023, 102]]}, "input"),
-    ({"model": EMBEDDER, "input": "x", "dimensions": 128}, "dimensions"),
+    ({"model": EMBEDDER, "input": "x", "dimensions": "384"}, "dimensions"),
     ({"model": EMBEDDER, "input": "x", "encoding_format": "int8"}, "encoding_format"),
     ({"model": EMBEDDER, "input": "x", "temperature": 1}, "temperature"),
     ({"model": 7, "input": "x"}, "model"),
@@ -263,6 +263,56 @@ def test_too_many_inputs_is_413(light_api, env, bundles_dir):
     env(model_dir=str(bundles_dir), max_inputs=3)
     err = assert_error(*call_api(embed_event({"model": EMBEDDER, "input": ["a"] * 4}))[:2], 413, "too_many_inputs")
     assert err["param"] == "input"
+
+
+def test_embeddings_accept_up_to_2048_inputs_by_default(light_api):
+    status, body, _ = call_api(embed_event({"model": EMBEDDER, "input": ["ok"] * 2048}))
+    assert status == 200 and len(body["data"]) == 2048
+    assert_error(*call_api(embed_event({"model": EMBEDDER, "input": ["ok"] * 2049}))[:2], 413, "too_many_inputs")
+
+
+def test_inputs_over_the_request_token_cap_are_413_naming_the_cap(light_api, env, bundles_dir):
+    env(model_dir=str(bundles_dir), max_request_tokens=40)
+    # "ok" is 3 tokens with [CLS]/[SEP]: 13 inputs = 39 tokens fit, 14 = 42 do not.
+    assert call_api(embed_event({"model": EMBEDDER, "input": ["ok"] * 13}))[0] == 200
+    err = assert_error(*call_api(embed_event({"model": EMBEDDER, "input": ["ok"] * 14}))[:2], 413, "too_many_tokens")
+    assert err["param"] == "input" and "42 tokens" in err["message"] and "limit is 40" in err["message"]
+    assert_error(*call_api(api_event("POST", "/v1/classify", {"model": CLASSIFIER, "input": ["ok"] * 14}))[:2],
+                 413, "too_many_tokens")
+
+
+def test_dimensions_equal_to_the_native_size_is_accepted(light_api):
+    plain = call_api(embed_event({"model": EMBEDDER, "input": "where is my parcel?"}))[1]
+    same = call_api(embed_event({"model": EMBEDDER, "input": "where is my parcel?", "dimensions": 384}))[1]
+    assert len(same["data"][0]["embedding"]) == 384
+    assert same["data"][0]["embedding"] == plain["data"][0]["embedding"]
+
+
+def test_other_dimensions_are_422_naming_the_native_size(light_api):
+    err = assert_error(*call_api(embed_event({"model": EMBEDDER, "input": "x", "dimensions": 256}))[:2],
+                       422, "unsupported_dimensions")
+    assert err["param"] == "dimensions" and "384" in err["message"]
+
+
+def test_dimensions_truncate_only_models_trained_for_it(env, bundles_dir, tmp_path):
+    import shutil
+
+    bundle = tmp_path / EMBEDDER
+    shutil.copytree(bundles_dir / EMBEDDER, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["matryoshka_dimensions"] = [128, 256]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    env(model_dir=str(tmp_path))
+    full = np.array(call_api(embed_event({"model": EMBEDDER, "input": "refund please"}))[1]["data"][0]["embedding"])
+    status, body, _ = call_api(embed_event({"model": EMBEDDER, "input": "refund please", "dimensions": 128}))
+    assert status == 200
+    cut = np.array(body["data"][0]["embedding"])
+    assert cut.shape == (128,)
+    np.testing.assert_allclose(cut, full[:128] / np.linalg.norm(full[:128]), atol=1e-6)
+    assert abs(np.linalg.norm(cut) - 1) < 1e-5
+    err = assert_error(*call_api(embed_event({"model": EMBEDDER, "input": "x", "dimensions": 200}))[:2],
+                       422, "unsupported_dimensions")
+    assert "128, 256, 384" in err["message"]
 
 
 def test_input_over_the_character_limit_is_413(light_api, env, bundles_dir):

@@ -85,6 +85,12 @@ def test_openai_client_sees_typed_errors(client):
     with pytest.raises(openai.UnprocessableEntityError) as bad:
         client.embeddings.create(model=EMBEDDER, input="x", dimensions=64)
     assert bad.value.body["param"] == "dimensions"
+    assert "384" in bad.value.body["message"]
+
+
+def test_openai_client_dimensions_at_the_native_size(client):
+    out = client.embeddings.create(model=EMBEDDER, input=["a", "b"], dimensions=384)
+    assert [len(d.embedding) for d in out.data] == [384, 384]
 
 
 def test_openai_client_with_a_wrong_key_gets_authentication_error(client):

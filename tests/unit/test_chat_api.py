@@ -6,6 +6,7 @@ against the local SageMaker stand-in (loopback HTTP), async job state in moto's 
 from __future__ import annotations
 
 import copy
+import json
 import time
 
 import boto3
@@ -363,3 +364,82 @@ def test_unknown_job_is_404(gen_api, standin):
     gen_api(data_bucket="cirrus-data")
     status, resp, _ = call_api(api_event("GET", "/v1/generation/jobs/genjob-" + "0" * 32))
     assert_error(status, resp, 404, "job_not_found")
+
+
+# --- OpenAI fields only the heavy endpoint (TGI) honours --------------------------------------------
+WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                            "parameters": {"type": "object", "required": ["city", "days"],
+                                                           "properties": {"city": {"type": "string"},
+                                                                          "days": {"type": "integer",
+                                                                                   "minimum": 1}}}}}
+HEAVY = {"heavy_models": ["big-llm"], "heavy_endpoint_name": "cirrus-heavy"}
+
+
+def test_tools_go_to_tgi_and_its_tool_call_comes_back_in_openai_shape(gen_api, standin):
+    gen_api(**HEAVY)
+    status, body, _ = chat({"model": "big-llm", "messages": USER, "max_tokens": 8, "tools": [WEATHER],
+                            "tool_choice": "required"})
+    assert status == 200, body
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"  # TGI said eos_token
+    (call,) = choice["message"]["tool_calls"]
+    assert call["type"] == "function" and call["id"].startswith("call_")
+    assert call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "", "days": 1}  # TGI sent an object
+    assert choice["message"]["content"] is None
+
+
+def test_named_tool_choice_and_json_schema_reach_tgi_in_its_own_shape():
+    from functions.core.generation.schemas import ChatCompletionRequest
+
+    req = ChatCompletionRequest(model="big", messages=USER, tools=[WEATHER, {**WEATHER, "function": {
+        "name": "other"}}], tool_choice={"type": "function", "function": {"name": "other"}},
+        logprobs=True, top_logprobs=3,
+        response_format={"type": "json_schema", "json_schema": {"name": "w", "schema": {"type": "object"}}})
+    body = req.heavy_payload(10)
+    assert body["tools"][0] == WEATHER and body["tools"][1] == {"type": "function", "function": {"name": "other"}}
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "other"}}
+    assert body["logprobs"] is True and body["top_logprobs"] == 3
+    assert body["response_format"] == {"type": "json", "value": {"type": "object"}}
+    plain = ChatCompletionRequest(model="big", messages=USER, response_format={"type": "json_object"})
+    assert plain.heavy_payload(10)["response_format"] == {"type": "json", "value": {"type": "object"}}
+
+
+def test_response_format_json_schema_gives_a_document_of_that_schema(gen_api, standin):
+    gen_api(**HEAVY)
+    schema = {"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string", "minLength": 2}}}
+    status, body, _ = chat({"model": "big-llm", "messages": USER, "max_tokens": 8,
+                            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})
+    assert status == 200, body
+    assert json.loads(body["choices"][0]["message"]["content"]) == {"answer": "xx"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+
+
+def test_tgi_logprobs_and_finish_reasons_are_passed_on_in_openai_shape():
+    from functions.core.generation.service import normalise_answer
+
+    lp = {"content": [{"token": "Hi", "logprob": -0.1, "top_logprobs": [{"token": "Hi", "logprob": -0.1}]}]}
+    answer = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi", "tool_calls": None},
+                           "logprobs": lp, "finish_reason": "stop_sequence"}], "model": "tgi"}
+    out = normalise_answer(answer, "big", chat=True)
+    assert out["choices"][0]["logprobs"] == lp and out["choices"][0]["finish_reason"] == "stop"
+    assert "tool_calls" not in out["choices"][0]["message"] and out["model"] == "big"
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tools": [{"type": "retrieval"}]}, "tools.0.type"),
+    ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "tools.0.function.name"),
+    ({"tool_choice": "sometimes"}, "tool_choice"),
+    ({"response_format": {"type": "xml"}}, "response_format.type"),
+    ({"response_format": {"type": "json_schema"}}, None),
+    ({"top_logprobs": 2}, None),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+])
+def test_malformed_tool_and_format_fields_are_422_before_reaching_the_endpoint(gen_api, standin, body, param):
+    gen_api(**HEAVY)
+    calls = standin.calls
+    status, resp, _ = chat({"model": "big-llm", "messages": USER, "max_tokens": 8, **body})
+    err = assert_error(status, resp, 422)
+    if param:
+        assert err["param"] == param
+    assert standin.calls == calls

@@ -112,6 +112,8 @@ def test_completions_stream_uses_text_completion_chunks(gen_api, tiny_generator)
     ({"model": TINY, "messages": USER, "stream_options": {"include_usage": True}}, 422, None),
     ({"model": TINY, "messages": USER, "stream": True, "n": 2}, 422, None),        # one choice per stream
     ({"model": TINY, "messages": USER, "stream": True, "logprobs": True}, 422, None),  # not streamed
+    ({"model": TINY, "messages": USER, "stream": True,                                # tool calls: not streamed
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]}, 422, None),
     ({"model": "gpt-9", "messages": USER, "stream": True}, 404, "model_not_found"),
     ({"model": TINY, "messages": [{"role": "user", "content": "order " * 3000}], "stream": True, "max_tokens": 8}, 400,
      "context_length_exceeded"),

@@ -49,3 +49,19 @@ def list_prefixes(bucket: str, prefix: str) -> list[str]:
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
         out.extend(p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", []))
     return out
+
+
+def head(bucket: str, key: str) -> tuple[int, str] | None:
+    """(size, ETag) of the object, or None when there is none."""
+    try:
+        meta = client("s3").head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
+            return None
+        raise
+    return int(meta["ContentLength"]), meta["ETag"]
+
+
+def copy(bucket: str, source_key: str, dest_key: str) -> None:
+    """Server-side copy inside one bucket (one PUT event for the destination; objects up to 5 GB)."""
+    client("s3").copy_object(Bucket=bucket, Key=dest_key, CopySource={"Bucket": bucket, "Key": source_key})

@@ -149,9 +149,9 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
     texts = [texts[k] for k in keep]
     out.models.add(f"{model.name}@{model.version}")
     if task == "embed":
-        vectors, _ = model.embed(texts)
-        for k, vec in zip(keep, vectors):
-            outcome[idx[k]] = _result(items[k], model_name, embedding=vec.tolist())
+        vectors, counts = model.embed(texts)
+        for k, vec, tokens in zip(keep, vectors, counts):
+            outcome[idx[k]] = _result(items[k], model_name, embedding=vec.tolist(), tokens=tokens)
     else:
         probs, _ = model.classify(texts)
         for k, row in zip(keep, probs):

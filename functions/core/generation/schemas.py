@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
+from functions.core.generation.tgi import ResponseFormat, Tool, ToolChoice
 from functions.core.inference.generator import Generation, SamplingParams, TokenLogprob
 from functions.core.inference.text import clean_text
 
@@ -104,6 +105,9 @@ class _GenerationRequest(BaseModel):
             raise ValueError("n: a streamed answer has one choice; send n > 1 without stream")
         if self.stream and getattr(self, "logprobs", None) not in (None, False):
             raise ValueError("logprobs: not sent in streamed answers; send the request without stream")
+        if self.stream and getattr(self, "tools", None):
+            # Streamed answers carry text deltas only; tool calls would be lost on the way.
+            raise ValueError("tools: tool calls are not streamed; send the request without stream")
         return self
 
     @property
@@ -130,7 +134,7 @@ class _GenerationRequest(BaseModel):
     def _set(self, names: tuple[str, ...]) -> list[str]:
         return [f for f in names if getattr(self, f, None) not in (None, False)
                 and not (f == "n" and self.n == 1)
-                and not (f == "response_format" and getattr(self, f) == {"type": "text"})]
+                and not (f == "response_format" and getattr(self, f).type == "text")]
 
     def light_refusals(self) -> list[str]:
         """Fields set in this request that the light route cannot honour."""
@@ -169,15 +173,19 @@ class ChatCompletionRequest(_GenerationRequest):
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     # Heavy-only (TGI implements them); the light route refuses them by name.
-    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
-    tool_choice: StrictStr | dict[str, Any] | None = None
+    # Typed as OpenAI defines them (generation/tgi.py), so a malformed tool or format is a 422 here,
+    # before the GPU endpoint is called.
+    tools: list[Tool] | None = Field(None, min_length=1, max_length=128)
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: StrictBool | None = None
-    response_format: dict[str, Any] | None = None
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _one_budget(self) -> "ChatCompletionRequest":
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
+        if self.response_format is not None:
+            self.response_format.grammar()  # json_schema without a schema: refused here, not by TGI
         return self
 
     @field_validator("top_logprobs")
@@ -198,9 +206,17 @@ class ChatCompletionRequest(_GenerationRequest):
         """The body for the heavy endpoint: TGI's Messages API (see docs/heavy.md)."""
         body = {"model": self.model, "messages": [{"role": r, "content": c} for r, c in self.turns()],
                 **self.heavy_sampling(default_max_tokens)}
-        for key in ("logprobs", "top_logprobs", *HEAVY_ONLY):
-            if getattr(self, key) is not None:
-                body[key] = getattr(self, key)
+        for key in ("logprobs", "top_logprobs", "tools", "tool_choice", "parallel_tool_calls"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                value = [v.model_dump(exclude_none=True) for v in value]
+            elif isinstance(value, BaseModel):
+                value = value.model_dump(exclude_none=True)
+            if value is not None:
+                body[key] = value
+        grammar = self.response_format.grammar() if self.response_format else None
+        if grammar is not None:
+            body["response_format"] = grammar  # TGI's grammar shape, not OpenAI's (generation/tgi.py)
         return body
 
 

@@ -17,6 +17,7 @@ from functions.core.aws import s3
 from functions.core.aws.base import translate
 from functions.core.errors import ModelUnavailable, NotFound, ValidationFailed
 from functions.core.generation.heavy import HeavyClient
+from functions.core.generation import tgi
 from functions.core.generation.router import Decision, decide
 from functions.core.generation.schemas import (ChatCompletionRequest, CompletionRequest, chat_completion_body,
                                                completion_body)
@@ -118,6 +119,7 @@ def _heavy(req: Request, settings: Settings) -> Result:
 def normalise_answer(answer: dict[str, Any], model: str, *, chat: bool) -> dict[str, Any]:
     """The endpoint's OpenAI-shaped answer, named for the model the client asked for."""
     out = dict(answer)
+    out["choices"] = [tgi.openai_choice(c) if isinstance(c, dict) else c for c in answer.get("choices", [])]
     out["model"] = model  # TGI answers with its own model id (or "tgi")
     out.setdefault("id", f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}")
     out.setdefault("object", "chat.completion" if chat else "text_completion")

@@ -9,9 +9,11 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 
 from functions.core.errors import CirrusError, NotFound, to_response
+from functions.core.http.routes.docs import router as docs_router
 from functions.core.http.routes.generation import router as generation_router
 from functions.core.http.routes.jobs import router as jobs_router
 from functions.core.http.routes.light import router as light_router
+from functions.core.http.routes.openai_batch import router as openai_batch_router
 from functions.core.observability import logger, metrics
 
 app = APIGatewayRestResolver()
@@ -59,3 +61,5 @@ def _bug(err: Exception) -> Response:
 app.include_router(light_router)
 app.include_router(jobs_router)
 app.include_router(generation_router)
+app.include_router(openai_batch_router)
+app.include_router(docs_router)

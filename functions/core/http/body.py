@@ -88,7 +88,7 @@ def validation_error(exc: ValidationError) -> ValidationFailed:
     first = exc.errors(include_url=False, include_input=False)[0]
     loc = [str(p) for p in first["loc"]]
     # Union members add their type name to loc (e.g. input.str / input.list[...]); drop them.
-    loc = [p for p in loc if not (p.startswith(("str", "list[", "int", "function-")) and p != loc[0])]
+    loc = [p for p in loc if not (p.startswith(("str", "list[", "int", "function-", "literal[")) and p != loc[0])]
     param = ".".join(loc) or None
     msg = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":

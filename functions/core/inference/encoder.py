@@ -15,7 +15,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Encoding, Tokenizer
 
-from functions.core.errors import BundleError, ContextLengthExceeded, ValidationFailed
+from functions.core.errors import BundleError, ContextLengthExceeded, PayloadTooLarge, ValidationFailed
 from functions.core.inference.manifest import Manifest
 
 
@@ -79,6 +79,7 @@ class OnnxModel:
             raise BundleError(f"bundle {manifest.name}@{manifest.version}: model.onnx does not load "
                               f"({exc.__class__.__name__})") from exc
         self._input_names = [i.name for i in self._session.get_inputs()]
+        self._dimensions: int | None = None
         outputs = [o.name for o in self._session.get_outputs()]
         if manifest.output_name not in outputs:
             raise BundleError(f"bundle {manifest.name}@{manifest.version}: graph has no output "
@@ -110,16 +111,35 @@ class OnnxModel:
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def dimensions(self) -> int:
+        """The size of one embedding (the pooled output's last axis), read from the graph when it is
+        static there, else measured once on a one-word input."""
+        if self._dimensions is None:
+            out = next(o for o in self._session.get_outputs() if o.name == self.manifest.output_name)
+            last = out.shape[-1] if out.shape else None
+            self._dimensions = last if isinstance(last, int) else int(self.embed(["a"])[0].shape[1])
+        return self._dimensions
+
     # --- tokenization ----------------------------------------------------------------------------
-    def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate") -> Encoded:
-        """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (400)."""
+    def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate",
+                 max_total_tokens: int | None = None) -> Encoded:
+        """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (400);
+        ``max_total_tokens`` refuses a request whose inputs add up to more (413), before inference."""
         encodings = self._tokenizer.encode_batch(list(texts))
         if overflow == "reject":
             for i in _overflowing(encodings)[:1]:
                 raise ContextLengthExceeded(
                     f"input[{i}] is longer than the model's limit of {self.manifest.max_length} tokens",
                     param="input")
-        return Encoded(encodings)
+        encoded = Encoded(encodings)
+        if max_total_tokens is not None:
+            total = sum(encoded.token_counts)
+            if total > max_total_tokens:
+                raise PayloadTooLarge(f"the inputs add up to {total} tokens, the limit is {max_total_tokens} "
+                                      f"tokens per request; split them over several requests",
+                                      param="input", code="too_many_tokens")
+        return encoded
 
     def over_context(self, texts: Sequence[str]) -> list[int]:
         """Positions of the texts longer than the manifest's max_length (batch lines report each one)."""
@@ -147,10 +167,11 @@ class OnnxModel:
     def _run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         return self._session.run([self.manifest.output_name], feeds)[0]
 
-    def embed(self, texts: Sequence[str], *, overflow: str = "truncate") -> tuple[np.ndarray, list[int]]:
+    def embed(self, texts: Sequence[str], *, overflow: str = "truncate",
+              max_total_tokens: int | None = None) -> tuple[np.ndarray, list[int]]:
         """Embeddings (float32, [n, dim], request order) and the token count of each input."""
         require_task(self.manifest, "feature-extraction")
-        encoded = self.tokenize(texts, overflow=overflow)
+        encoded = self.tokenize(texts, overflow=overflow, max_total_tokens=max_total_tokens)
         out: np.ndarray | None = None
         for idx, feeds in self._batches(encoded):
             vectors = self._pool(self._run(feeds), feeds["attention_mask"])
@@ -182,10 +203,11 @@ class OnnxModel:
             pooled = pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
         return pooled
 
-    def classify(self, texts: Sequence[str], *, overflow: str = "truncate") -> tuple[np.ndarray, list[int]]:
+    def classify(self, texts: Sequence[str], *, overflow: str = "truncate",
+                 max_total_tokens: int | None = None) -> tuple[np.ndarray, list[int]]:
         """Class probabilities (softmax over the logits, [n, n_labels], columns = manifest.labels)."""
         require_task(self.manifest, "text-classification")
-        encoded = self.tokenize(texts, overflow=overflow)
+        encoded = self.tokenize(texts, overflow=overflow, max_total_tokens=max_total_tokens)
         n_labels = len(self.manifest.labels)
         out = np.empty((len(texts), n_labels), dtype=np.float32)
         for idx, feeds in self._batches(encoded):

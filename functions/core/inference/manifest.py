@@ -67,6 +67,9 @@ class Manifest(BaseModel):
     max_length: int
     pooling: Pooling = "none"          # feature-extraction: how token states become one vector
     normalize: bool = False            # feature-extraction: L2-normalise after pooling
+    # feature-extraction: smaller sizes the model was trained to be truncated to (Matryoshka);
+    # empty: only the native size is served (OpenAI ``dimensions`` other than that is refused).
+    matryoshka_dimensions: list[int] = Field(default_factory=list)
     output_name: str                   # graph output the runtime reads (e.g. last_hidden_state, logits)
     labels: list[str] = Field(default_factory=list)  # text-classification: index -> label
     quantization: Quantization = Field(default_factory=Quantization)

@@ -51,16 +51,10 @@ class EmbeddingsRequest(_TextsRequest):
     """OpenAI ``POST /v1/embeddings``."""
 
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
+    # The model's native size is always accepted; a smaller one only for models trained for
+    # truncation (manifest ``matryoshka_dimensions``). Checked against the model in the service.
+    dimensions: StrictInt | None = Field(default=None, ge=1)
     user: str | None = None  # accepted for compatibility; not stored
-
-    @field_validator("dimensions")
-    @classmethod
-    def _no_dimensions(cls, v: int | None) -> int | None:
-        if v is not None:
-            raise ValueError("dimensions is not supported: the model's native size is returned "
-                             "(omit the field)")
-        return v
 
 
 class ClassifyRequest(_TextsRequest):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from functions.core.errors import ModelNotFound, PayloadTooLarge
+from functions.core.errors import ModelNotFound, PayloadTooLarge, ValidationFailed
 from functions.core.inference import model_store
 from functions.core.inference.model_store import loaded_versions, store
 from functions.core.observability import logger, metrics, tracer
@@ -63,14 +63,40 @@ def _encode_vector(v: np.ndarray, encoding: str) -> list[float] | str:
     return v.tolist()
 
 
+def output_dimensions(model: Any, requested: int | None) -> int | None:
+    """The size to truncate to (None: the native size) for OpenAI's ``dimensions``: the native size
+    is always fine; a smaller one only if the manifest says the model was trained for it."""
+    if requested is None or requested == model.dimensions:
+        return None
+    trained = sorted(d for d in model.manifest.matryoshka_dimensions if d < model.dimensions)
+    if requested in trained:
+        return requested
+    allowed = ", ".join(str(d) for d in [*trained, model.dimensions])
+    raise ValidationFailed(f"dimensions: model {model.name!r} returns {model.dimensions}-dimensional embeddings "
+                           f"(allowed: {allowed}); omit dimensions or send {model.dimensions}",
+                           param="dimensions", code="unsupported_dimensions")
+
+
+def _truncate(vectors: np.ndarray, size: int, normalize: bool) -> np.ndarray:
+    # Matryoshka truncation keeps the first ``size`` components; a normalised model stays normalised.
+    cut = vectors[:, :size]
+    if normalize:
+        cut = cut / np.clip(np.linalg.norm(cut, axis=1, keepdims=True), 1e-12, None)
+    return cut
+
+
 @tracer.capture_method(capture_response=False)
 def create_embeddings(req: EmbeddingsRequest, settings: Settings) -> Result:
     name = req.model or settings.default_embedding_model
     texts = req.texts()
     check_limits(texts, settings)
     model = model_for(name, "feature-extraction")
+    size = output_dimensions(model, req.dimensions)
     started = time.perf_counter()
-    vectors, counts = model.embed(texts, overflow=settings.token_overflow)
+    vectors, counts = model.embed(texts, overflow=settings.token_overflow,
+                                  max_total_tokens=settings.max_request_tokens)
+    if size is not None:
+        vectors = _truncate(vectors, size, model.manifest.normalize)
     seconds = time.perf_counter() - started
     _record("embeddings", name, model.version, len(texts), sum(counts), seconds)
     data = [{"object": "embedding", "index": i, "embedding": _encode_vector(v, req.encoding_format)}
@@ -85,7 +111,8 @@ def classify(req: ClassifyRequest, settings: Settings) -> Result:
     check_limits(texts, settings)
     model = model_for(req.model, "text-classification")
     started = time.perf_counter()
-    probs, counts = model.classify(texts, overflow=settings.token_overflow)
+    probs, counts = model.classify(texts, overflow=settings.token_overflow,
+                                   max_total_tokens=settings.max_request_tokens)
     seconds = time.perf_counter() - started
     _record("classify", req.model, model.version, len(texts), sum(counts), seconds)
     data = [{"object": "classification", "index": i, **ranked_labels(row, model.manifest.labels, req.top_k)}

@@ -36,3 +36,4 @@ def model(model: str) -> Response:
 @router.get("/health")
 def health() -> Response:
     return json_response(service.health(get_settings()))
+
