@@ -28,7 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from functions.core.errors import CirrusError
+from functions.core.errors import CirrusError, InvalidJSON
+from functions.core.http.body import decode_json
 from infra.resources import GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
@@ -342,8 +343,10 @@ def _validate_json_object(req: HttpRequest) -> None:
     if ctype != "application/json":
         return
     try:
-        ok = isinstance(json.loads(req.body.decode("utf-8")), dict)
-    except (UnicodeDecodeError, ValueError):
+        # The function's own bounded decoder: a body nested thousands of levels deep is a 400 here
+        # too, not a RecursionError (API Gateway's validator answers such bodies 400).
+        ok = isinstance(decode_json(req.body.decode("utf-8")), dict)
+    except (UnicodeDecodeError, InvalidJSON):
         ok = False
     if not ok:
         raise GatewayError("BAD_REQUEST_BODY")

@@ -181,6 +181,23 @@ def test_embeddings_rejects_bodies_that_are_not_a_json_object(light_api, raw, st
     assert_error(*call_api(api_event("POST", "/v1/embeddings", raw=raw))[:2], status, code)
 
 
+@pytest.mark.parametrize("raw", [
+    "[" * 5000 + "]" * 5000,                                    # past Python's recursion limit
+    '{"model": "m", "input": ' + "[" * 70 + '"x"' + "]" * 70 + "}",  # parses, but past MAX_JSON_DEPTH
+    '{"a": ' * 3000 + "1" + "}" * 3000,
+])
+def test_deeply_nested_json_is_a_400_not_a_recursion_error(light_api, raw):
+    for path in ("/v1/embeddings", "/v1/classify", "/v1/chat/completions"):
+        assert_error(*call_api(api_event("POST", path, raw=raw))[:2], 400, "json_too_deep")
+
+
+def test_deeply_nested_json_sent_as_text_plain_base64_is_a_400(light_api):
+    event = api_event("POST", "/v1/embeddings", raw=base64.b64encode(("[" * 5000 + "]" * 5000).encode()).decode())
+    event["isBase64Encoded"] = True
+    event["headers"]["Content-Type"] = "text/plain"
+    assert_error(*call_api(event)[:2], 400, "json_too_deep")
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": EMBEDDER, "input": []}, "input"),
     ({"model": EMBEDDER, "input": ["ok", ""]}, "input"),

@@ -145,6 +145,33 @@ def test_post_body_that_is_not_a_json_object_is_400_after_authorization(served):
     assert api.events == [] and len(auth.events) == 4
 
 
+def test_deeply_nested_json_is_the_gateways_400_not_a_500(served):
+    url, api, _ = served()
+    for body in (b"[" * 5000 + b"]" * 5000, b'{"a": ' * 3000 + b"1" + b"}" * 3000):
+        r = requests.post(url + "/v1/embeddings", data=body, headers={**AUTH, "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert api.events == []
+
+
+def test_deeply_nested_text_plain_body_reaches_the_function_which_answers_400(served):
+    # The request validator only reads JSON content types; the function's parser must hold by itself.
+    from functions.core.errors import to_response
+    from functions.core.http.body import decode_json
+
+    def parse(event, context):
+        try:
+            decode_json(event["body"])
+        except Exception as exc:  # noqa: BLE001 - the test shows what the mapper makes of it
+            status, body, _ = to_response(exc)
+            return {"statusCode": status, "body": json.dumps(body)}
+        return {"statusCode": 200, "body": "{}"}
+
+    url, api, _ = served(parse)
+    r = requests.post(url + "/v1/embeddings", data=b"[" * 5000 + b"]" * 5000,
+                      headers={**AUTH, "Content-Type": "text/plain"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "json_too_deep" and len(api.events) == 1
+
+
 def test_the_real_route_table_matches_literal_segments_and_parameters():
     routes = Routes(ROUTES)
     assert routes.match("GET", "/v1/jobs") == ("/v1/jobs", None)

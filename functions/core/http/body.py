@@ -15,6 +15,42 @@ from functions.core.settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
 
+# Deeper than any request of the API (content parts, tool schemas nest < 20 levels). Past Python's
+# recursion limit (~1,000 levels) json.loads raises RecursionError; past this one, pydantic and
+# logging would walk a structure no caller needs: both are the caller's 400, never a 500.
+MAX_JSON_DEPTH = 64
+
+
+def decode_json(text: str) -> Any:
+    """``json.loads`` bounded in nesting: InvalidJSON (400) for bad JSON or nesting past MAX_JSON_DEPTH."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise InvalidJSON(f"request body nests deeper than {MAX_JSON_DEPTH} levels",
+                          code="json_too_deep") from None
+    except ValueError as exc:
+        # json's message has line/column only (no body text), useful to a client fixing its request.
+        raise InvalidJSON(f"request body is not valid JSON: {exc.__class__.__name__}: "
+                          f"{getattr(exc, 'msg', 'undecodable bytes')}") from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise InvalidJSON(f"request body nests deeper than {MAX_JSON_DEPTH} levels", code="json_too_deep")
+    return value
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of decoded JSON, walked iteratively (a recursive walk would fail where json did)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = list(node.values())
+        if isinstance(node, list):
+            deepest = max(deepest, depth)
+            if depth > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
+
 
 def read_json(resolver: Any) -> Any:
     """The request body as JSON, after the body-size limit: 413 too large, 400 not JSON.
@@ -30,13 +66,11 @@ def read_json(resolver: Any) -> Any:
         raise PayloadTooLarge(f"request body is {size} bytes, the limit is {limit}", code="body_too_large")
     try:
         text = event.decoded_body or ""
-        if not text.strip():
-            raise InvalidJSON("request body is empty; expected a JSON object")
-        return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        # json's message has line/column only (no body text), useful to a client fixing its request.
-        raise InvalidJSON(f"request body is not valid JSON: {exc.__class__.__name__}: "
-                          f"{getattr(exc, 'msg', 'undecodable bytes')}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:  # base64 that is not UTF-8 text (or not base64)
+        raise InvalidJSON(f"request body is not valid JSON: {exc.__class__.__name__}: undecodable bytes") from exc
+    if not text.strip():
+        raise InvalidJSON("request body is empty; expected a JSON object")
+    return decode_json(text)
 
 
 def parse(model: type[M], resolver: Any) -> M:
