@@ -3,8 +3,10 @@
 It speaks both sides of SageMaker: the runtime API (``POST /endpoints/<name>/invocations`` and
 ``/async-invocations``, so boto3 ``sagemaker-runtime`` with ``endpoint_url`` runs the production
 client unchanged) and the container contract (``GET /ping``, ``POST /invocations``) with TGI's
-Messages API payloads. Faults can be queued (throttle, 5xx, slow, not-ready, down) to exercise the
-client's retries, timeouts and circuit breaker.
+Messages API payloads. Like a real container it answers every request: bad input is a 422 (TGI's
+input validation), a crash while generating is a 500 with a JSON body, never a dropped connection.
+Faults can be queued (throttle, 5xx, slow, not-ready, drop, down) to exercise the client's retries,
+timeouts and circuit breaker.
 
     python -m local.heavy_server --port 8081 --bundle .cache/bundles/cirrus-tiny-gpt2 --endpoint cirrus-heavy
 """
@@ -12,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -28,7 +32,8 @@ from functions.core.generation.schemas import (ChatCompletionRequest, Completion
                                                completion_body)
 
 ACCOUNT = "000000000000"
-FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity")
+FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity", "drop")
+log = logging.getLogger("local.heavy_server")
 _ENDPOINT_PATH = re.compile(r"^/endpoints/([^/]+)/(invocations|async-invocations)$")
 
 
@@ -77,7 +82,7 @@ class HeavyServer:
 
     def inject(self, *faults: str) -> None:
         """Queue faults for the next runtime calls, one each: ``throttle``, ``error``, ``not_ready``,
-        ``no_capacity`` or ``slow:<seconds>``."""
+        ``no_capacity``, ``drop`` (close the connection without answering) or ``slow:<seconds>``."""
         with self._lock:
             for f in faults:
                 kind, _, arg = f.partition(":")
@@ -116,6 +121,13 @@ class HeavyServer:
             return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
         except CirrusError as exc:  # e.g. prompt longer than the context window
             return 422, {"error": exc.message, "error_type": "validation"}
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value the schema let through but the sampler cannot take (e.g. a seed numpy refuses):
+            # still the request's fault, so TGI's answer to it, 422, not a crash.
+            return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
+        except Exception as exc:  # noqa: BLE001 - a real container answers 500, it does not hang up
+            log.exception("generation failed")
+            return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
 
     # --- async ---------------------------------------------------------------------------------------
     def s3(self) -> Any:
@@ -200,13 +212,19 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
             status, body = server.run(payload)
             if status != 200:
                 # SageMaker wraps a container's non-2xx as ModelError (424) with the original status.
-                self._aws_error(424, "ModelError", f"Received client error ({status}) from primary",
+                side = "client" if status < 500 else "server"
+                self._aws_error(424, "ModelError", f"Received {side} error ({status}) from primary",
                                 OriginalStatusCode=status, OriginalMessage=json.dumps(body),
                                 LogStreamArn="local")
                 return
             self._send(200, body, {"x-Amzn-Invoked-Production-Variant": "AllTraffic"})
 
         def _fault(self, kind: str, arg: float) -> bool:
+            if kind == "drop":
+                # The container died mid-request: no status line, the connection just closes.
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return True
             if kind == "slow":
                 time.sleep(arg)
                 return False  # then answer normally (the client may have given up already)
