@@ -184,9 +184,39 @@ def test_gateway_429_responses_tell_clients_when_to_retry(synth):
                  for r in synth.resources("dev", "AWS::ApiGateway::GatewayResponse").values()}
     throttles = {t: p for t, p in responses.items() if p.get("StatusCode") == "429"}
     assert set(throttles) == {"THROTTLED", "QUOTA_EXCEEDED"}
+    assert responses["INVALID_API_KEY"]["StatusCode"] == "403"
     for props in throttles.values():
         assert props["ResponseParameters"] == {"gatewayresponse.header.Content-Type": "'application/json'",
                                                "gatewayresponse.header.Retry-After": "'1'"}
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_method_requires_a_usage_key_from_the_authorizer_held_to_the_stages_key_plan(synth, stage):
+    (api,) = synth.resources(stage, "AWS::ApiGateway::RestApi").values()
+    assert api["Properties"]["ApiKeySourceType"] == "AUTHORIZER"
+    assert all(m["Properties"]["ApiKeyRequired"] is True
+               for m in synth.resources(stage, "AWS::ApiGateway::Method").values())
+    (plan,) = synth.resources(stage, "AWS::ApiGateway::UsagePlan").values()
+    from infra.settings import ApiSettings
+
+    want = all_stages()[stage].api if stage in all_stages() else ApiSettings(waf=False)  # citest: the defaults
+    p = plan["Properties"]
+    assert p["Throttle"] == {"RateLimit": want.key_rate_limit, "BurstLimit": want.key_burst_limit}
+    if want.key_quota:
+        assert p["Quota"] == {"Limit": want.key_quota, "Period": want.key_quota_period}
+    (st_id,) = synth.resources(stage, "AWS::ApiGateway::Stage")
+    (api_stage,) = p["ApiStages"]
+    assert api_stage["Stage"] == {"Ref": st_id}
+    assert "UsagePlanId" in synth.templates[stage]["Outputs"]
+
+
+def test_per_key_limits_cannot_exceed_the_stage_limits():
+    from pydantic import ValidationError
+
+    from infra.settings import ApiSettings
+
+    with pytest.raises(ValidationError, match="key_rate_limit"):
+        ApiSettings(throttle_rate_limit=10, key_rate_limit=20)
+
 
 def test_waf_guards_prod_only(synth):
     assert synth.resources("prod", "AWS::WAFv2::WebACLAssociation")
