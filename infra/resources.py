@@ -63,7 +63,10 @@ RESOURCES = Resources(
         TableSpec(id="ApiKeys", env="api_keys_table", partition=Key("key_id")),
         TableSpec(id="Jobs", env="jobs_table", partition=Key("pk"), sort=Key("sk"),
                   ttl_attribute="expires_at",
-                  indexes=(Index("by_created", Key("kind"), Key("created_at")),)),
+                  # by_owner: a key lists its own jobs without reading anyone else's (sparse: jobs
+                  # dropped into the bucket have no owner and are only in by_created).
+                  indexes=(Index("by_created", Key("kind"), Key("created_at")),
+                           Index("by_owner", Key("owner"), Key("created_at")))),
     ),
     queues=(
         # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
