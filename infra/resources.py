@@ -63,7 +63,10 @@ RESOURCES = Resources(
         TableSpec(id="ApiKeys", env="api_keys_table", partition=Key("key_id")),
         TableSpec(id="Jobs", env="jobs_table", partition=Key("pk"), sort=Key("sk"),
                   ttl_attribute="expires_at",
-                  indexes=(Index("by_created", Key("kind"), Key("created_at")),)),
+                  # by_owner: a key lists its own jobs without reading anyone else's (sparse: jobs
+                  # dropped into the bucket have no owner and are only in by_created).
+                  indexes=(Index("by_created", Key("kind"), Key("created_at")),
+                           Index("by_owner", Key("owner"), Key("created_at")))),
     ),
     queues=(
         # S3 ObjectCreated(jobs/input/*.jsonl) -> splitter
@@ -157,6 +160,10 @@ GATEWAY_RESPONSES: dict[str, GatewayResponse] = {
                                  headers=_RETRY_AFTER),
     "QUOTA_EXCEEDED": GatewayResponse(429, "rate_limit_error", "quota_exceeded", "Quota exceeded.",
                                       headers=_RETRY_AFTER),
+    # apiKeySource AUTHORIZER: a key the authorizer let in but that is in no usage plan (created
+    # without one, or its usage key disabled). API Gateway's own answer is a bare 403.
+    "INVALID_API_KEY": GatewayResponse(403, "permission_error", "key_not_enabled",
+                                       "This API key is not enabled for this API (no usage plan)."),
     "REQUEST_TOO_LARGE": GatewayResponse(413, "invalid_request_error", "payload_too_large",
                                          "The request body is too large."),
     "INTEGRATION_TIMEOUT": GatewayResponse(504, "server_error", "timeout",

@@ -69,6 +69,19 @@ class ApiSettings(_Strict):
     waf: bool = False
     waf_rate_limit: int = Field(2000, ge=10, le=2_000_000_000)  # requests per 5 min per client IP
     docs: bool = False   # GET /openapi.json and the Swagger UI page at /docs, without a key
+    # Per API key (the stage's default usage plan; `keys create --rate/--burst/--quota` overrides per
+    # key): one key cannot take the whole stage budget.
+    key_rate_limit: float = Field(10.0, gt=0, le=10_000)        # steady requests/s per key
+    key_burst_limit: int = Field(20, ge=1, le=5_000)
+    key_quota: int | None = Field(None, ge=1)                   # requests per key_quota_period; None: no quota
+    key_quota_period: Literal["DAY", "WEEK", "MONTH"] = "DAY"
+
+    @model_validator(mode="after")
+    def _key_within_stage(self) -> "ApiSettings":
+        if self.key_rate_limit > self.throttle_rate_limit or self.key_burst_limit > self.throttle_burst_limit:
+            raise ValueError("api.key_rate_limit/key_burst_limit must not exceed the stage's "
+                             "throttle_rate_limit/throttle_burst_limit")
+        return self
 
 
 class HeavyEndpointSettings(_Strict):

@@ -115,6 +115,8 @@ class CirrusStack(Stack):
         CfnOutput(self, "ArtifactsBucket", value=artifacts.bucket_name)
         CfnOutput(self, "DataBucket", value=data.bucket_name)
         CfnOutput(self, "ApiKeysTable", value=tables["ApiKeys"].table_name)
+        CfnOutput(self, "UsagePlanId", value=self.api.usage_plan.usage_plan_id,
+                  description="default per-key usage plan: keys create --usage-plan <this>")
         CfnOutput(self, "AlarmTopic", value=monitoring.topic.topic_arn)
         if heavy is not None:
             CfnOutput(self, "HeavyEndpointName", value=heavy.endpoint_name)

@@ -228,3 +228,21 @@ def _wire_job_notifications(s3, out: Provisioned, res) -> None:
         }],
     })
 
+
+
+def provision_usage_plan(endpoint_url: str, cfg: LocalConfig) -> str:
+    """The stack's REST API stage and default per-key usage plan (infra/constructs/api.py) on moto's
+    API Gateway, with the imitated stage's ``api.key_*`` limits; returns the plan id."""
+    api_cfg = cfg.stage_settings().api
+    ag = client("apigateway", endpoint_url)
+    api = ag.create_rest_api(name=f"cirrus-{cfg.stage}", apiKeySource="AUTHORIZER")
+    # A deployment needs one method; the local gateway serves the real routes itself.
+    root = ag.get_resources(restApiId=api["id"])["items"][0]["id"]
+    ag.put_method(restApiId=api["id"], resourceId=root, httpMethod="GET", authorizationType="NONE")
+    ag.put_integration(restApiId=api["id"], resourceId=root, httpMethod="GET", type="MOCK")
+    ag.create_deployment(restApiId=api["id"], stageName=cfg.stage)
+    quota = {"quota": {"limit": api_cfg.key_quota, "period": api_cfg.key_quota_period}} if api_cfg.key_quota else {}
+    plan = ag.create_usage_plan(name=f"cirrus-{cfg.stage}-default", apiStages=[{"apiId": api["id"], "stage": cfg.stage}],
+                                throttle={"rateLimit": api_cfg.key_rate_limit, "burstLimit": api_cfg.key_burst_limit},
+                                **quota)
+    return plan["id"]

@@ -155,6 +155,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                       bundles_dir=args.bundles_dir, heavy=not args.no_heavy,
                       visibility_timeout_s=args.visibility_timeout,
                       authorizer_cache_ttl_s=args.authorizer_cache_ttl,
+                      dev_key_rate=args.dev_key_rate, dev_key_burst=args.dev_key_burst,
                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     existing = running_state(cfg.state_dir)
@@ -300,6 +301,8 @@ def local_env(state: dict[str, Any]) -> dict[str, str]:
     env["CIRRUS_JOBS_TABLE"] = state["tables"]["Jobs"]
     env["CIRRUS_DATA_BUCKET"] = state["buckets"]["Data"]
     env["CIRRUS_ARTIFACTS_BUCKET"] = state["buckets"]["Artifacts"]
+    if state.get("usage_plan_id"):  # `keys create` registers new keys in the stage's usage plan
+        env["CIRRUS_USAGE_PLAN_ID"] = state["usage_plan_id"]
     return env
 
 
@@ -320,7 +323,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if not args.keys_args or {"-h", "--help"} & set(args.keys_args):
         from ops import keys
 
-        return keys.main(["--help"])
+        return keys.main(args.keys_args or ["--help"])  # `keys create --help` shows create's options
     os.environ.pop("AWS_PROFILE", None)
     os.environ.update(local_env(_need_running(args.state_dir)))
     from ops import keys
@@ -471,6 +474,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--authorizer-cache-ttl", type=int, default=0, metavar="S",
                     help="cache authorizer policies per key for S seconds like API Gateway (default 0: "
                          "a revoked key is refused at once)")
+    up.add_argument("--dev-key-rate", type=float, default=None, metavar="R",
+                    help="the dev key's own requests/s (default: the stage's per-key limit, cdk.json api.key_rate_limit)")
+    up.add_argument("--dev-key-burst", type=int, default=None, metavar="B",
+                    help="the dev key's own burst (default: the stage's api.key_burst_limit)")
     up.add_argument("--key-file", help="also write the dev API key to this file (mode 600), for scripts")
     up.set_defaults(func=cmd_up)
 

@@ -34,6 +34,8 @@ class LocalConfig:
     visibility_timeout_s: int | None = None
     poll_wait_s: int = 1                    # long-poll wait: also bounds how fast Ctrl-C stops pollers
     authorizer_cache_ttl_s: int = 0         # API Gateway caches policies (default 300 s); 0 = off
+    dev_key_rate: float | None = None       # the dev key's own usage plan (None: the stage's default plan)
+    dev_key_burst: int | None = None
     heavy: bool = True                      # start the heavy-path stand-in when it is available
     models: tuple[str, ...] | None = None   # default bundles to build/serve (None: all of them)
     extra_env: dict[str, str] = field(default_factory=dict)

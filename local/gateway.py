@@ -29,14 +29,13 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from functions.core.errors import CirrusError, InvalidJSON
-from functions.core.http.body import decode_json
+from functions.core.errors import BadRequest, CirrusError
 from functions.core.http.stream import read_prelude
 from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES
 from local.config import ACCOUNT_ID, REGION
@@ -46,6 +45,9 @@ log = logging.getLogger("local.gateway")
 
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024  # API Gateway REST request payload limit
 INTEGRATION_TIMEOUT_S = 29            # API Gateway REST integration timeout
+# After refusing a body, how much of the rest is read and dropped (never kept) before closing.
+DISCARD_MAX_BYTES = 64 * 1024 * 1024
+DISCARD_TIMEOUT_S = 2.0
 
 
 class GatewayError(CirrusError):
@@ -242,6 +244,64 @@ class AuthorizerCache:
                 self._entries[token] = (time.monotonic() + self.ttl_s, policy)
 
 
+# ----------------------------------------------------------------------------- usage plans
+
+
+class UsageLimiter:
+    """API Gateway usage plans with ``apiKeySource: AUTHORIZER``: the authorizer's
+    ``usageIdentifierKey`` must name an enabled key in a plan (else 403), and is held to the plan's
+    token bucket (``burst`` requests, refilled at ``rate``/s: 429 THROTTLED) and its quota per UTC
+    day/week/month (429 QUOTA_EXCEEDED). ``lookup(value)`` gives the plan's limits
+    (``ops.usage_plans.limits_for`` on moto's API Gateway); answers are cached ``cache_s``."""
+
+    def __init__(self, lookup: Callable[[str], Any], *, cache_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, now: Callable[[], float] = time.time) -> None:
+        self._lookup = lookup
+        self._cache_s = cache_s
+        self._clock = clock
+        self._now = now
+        self._limits: dict[str, tuple[float, Any]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}     # value -> (tokens, at)
+        self._used: dict[tuple[str, str], int] = {}            # (value, period) -> requests
+        self._lock = threading.Lock()
+
+    def _limits_of(self, value: str) -> Any:
+        hit = self._limits.get(value)
+        if hit and hit[0] > self._clock():
+            return hit[1]
+        limits = self._lookup(value)
+        self._limits[value] = (self._clock() + self._cache_s, limits)
+        return limits
+
+    def _period(self, period: str) -> str:
+        t = time.gmtime(self._now())
+        if period == "WEEK":
+            return time.strftime("%G-W%V", t)
+        return time.strftime("%Y-%m" if period == "MONTH" else "%Y-%m-%d", t)
+
+    def admit(self, value: str | None) -> None:
+        if not value:
+            raise GatewayError("INVALID_API_KEY")
+        with self._lock:
+            limits = self._limits_of(value)
+            if limits is None:
+                raise GatewayError("INVALID_API_KEY")
+            if limits.rate is not None:
+                burst = float(limits.burst or max(1, int(limits.rate)))
+                tokens, at = self._buckets.get(value, (burst, self._clock()))
+                now = self._clock()
+                tokens = min(burst, tokens + (now - at) * limits.rate)
+                if tokens < 1:
+                    self._buckets[value] = (tokens, now)
+                    raise GatewayError("THROTTLED")
+                self._buckets[value] = (tokens - 1, now)
+            if limits.quota is not None:
+                slot = (value, self._period(limits.period))
+                if self._used.get(slot, 0) >= limits.quota:
+                    raise GatewayError("QUOTA_EXCEEDED")
+                self._used[slot] = self._used.get(slot, 0) + 1
+
+
 # ----------------------------------------------------------------------------- gateway
 
 
@@ -261,11 +321,12 @@ class Gateway:
                  cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
                  host: str = "127.0.0.1", stream: LambdaFunction | None = None,
                  streamed_routes: frozenset[tuple[str, str]] = frozenset(),
-                 public: Sequence[tuple[str, str]] = ()) -> None:
+                 public: Sequence[tuple[str, str]] = (), usage: UsageLimiter | None = None) -> None:
         self.routes = Routes(list(routes) + [r for r in public if r not in routes])
-        self.public = {resource for _, resource in public}  # methods without the authorizer
+        self.public = {resource for _, resource in public}  # methods without the authorizer or a usage key
         self.stream = stream
         self.streamed_routes = streamed_routes if stream is not None else frozenset()
+        self.usage = usage
         self.api = api
         self.authorizer = authorizer
         self.stage = stage
@@ -297,8 +358,12 @@ class Gateway:
             raise GatewayError("REQUEST_TOO_LARGE")
         path = unquote(urlsplit(req.target).path) or "/"
         resource, path_params = self.routes.match(req.method, path)
-        authorizer_ctx = (None if resource in self.public
-                          else self._authorize(req, method_arn(self.api_id, self.stage, req.method, path)))
+        if resource in self.public:
+            authorizer_ctx = None
+        else:
+            authorizer_ctx, usage_key = self._authorize(req, method_arn(self.api_id, self.stage, req.method, path))
+            if self.usage is not None and self.authorizer is not None:
+                self.usage.admit(usage_key)  # every API method requires a usage key (infra/constructs/api.py)
         if req.method == "POST" and resource not in BODYLESS_POSTS:
             _validate_json_object(req)
         event = build_proxy_event(req, resource=resource, path_parameters=path_params, api_id=self.api_id,
@@ -334,9 +399,13 @@ class Gateway:
             headers.append(("Content-Type", "application/json"))
         return HttpResponse(prelude["statusCode"], headers, head, chunks=chunks)
 
-    def _authorize(self, req: HttpRequest, arn: str) -> dict[str, Any] | None:
+    def _authorize(self, req: HttpRequest, arn: str) -> tuple[dict[str, Any] | None, str | None]:
+        """The integration's authorizer context and the policy's usageIdentifierKey."""
         if self.authorizer is None:
-            return None
+            return None, None
+        if sum(1 for k, _ in req.headers if k.lower() == "authorization") > 1:
+            # Which one would count is ambiguous (proxies differ: first, last, joined): refuse both.
+            raise BadRequest("send exactly one Authorization header", code="duplicate_authorization")
         token = req.header("authorization")
         if not token:
             # API Gateway answers 401 without calling the authorizer when the identity source is empty.
@@ -369,7 +438,8 @@ class Gateway:
                for k, v in (policy.get("context") or {}).items()}
         ctx["principalId"] = policy["principalId"]
         ctx["integrationLatency"] = int((time.perf_counter() - started) * 1000)
-        return ctx
+        usage_key = policy.get("usageIdentifierKey")
+        return ctx, (usage_key if isinstance(usage_key, str) else None)
 
 
 def _validate_json_object(req: HttpRequest) -> None:
@@ -378,10 +448,10 @@ def _validate_json_object(req: HttpRequest) -> None:
     if ctype != "application/json":
         return
     try:
-        # The function's own bounded decoder: a body nested thousands of levels deep is a 400 here
-        # too, not a RecursionError (API Gateway's validator answers such bodies 400).
-        ok = isinstance(decode_json(req.body.decode("utf-8")), dict)
-    except (UnicodeDecodeError, InvalidJSON):
+        ok = isinstance(json.loads(req.body.decode("utf-8")), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        # RecursionError: nested past Python's parser (~1,000 levels), a 400 here rather than the
+        # gateway's 500. Shallower nesting is a valid object; the function bounds its depth itself.
         ok = False
     if not ok:
         raise GatewayError("BAD_REQUEST_BODY")
@@ -439,13 +509,19 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         try:
             body = self._read_body()
-        except ValueError:
-            self.send_error(400, "bad request body")
+        except CirrusError as err:
+            # Framing we cannot trust (or a body we will not read): answer in the API's error shape,
+            # then close, since the rest of the stream cannot be parsed as a next request.
+            self.close_connection = True
+            self._send(_error_response(err))
+            self._discard_rest()
             return
         req = HttpRequest(method=self.command, target=self.path,
                           headers=[(k, v) for k, v in self.headers.items()],
                           body=body, source_ip=self.client_address[0])
-        resp = self.gateway.handle(req)
+        self._send(self.gateway.handle(req))
+
+    def _send(self, resp: HttpResponse) -> None:
         self.send_response(resp.status)
         for k, v in resp.headers:
             if k.lower() not in _HOP_BY_HOP:
@@ -453,6 +529,8 @@ class _Handler(BaseHTTPRequestHandler):
         if resp.chunks is not None:
             self._send_chunked(resp)
             return
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(resp.body)))
         self.end_headers()
         if self.command != "HEAD":
@@ -485,20 +563,68 @@ class _Handler(BaseHTTPRequestHandler):
                      (time.perf_counter() - started) * 1000, outcome)
 
     def _read_body(self) -> bytes:
-        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    return b"".join(chunks)
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        return self.rfile.read(length) if length else b""
+        """The body, never more than MAX_PAYLOAD_BYTES read: 413 before reading a declared or
+        chunked body over the limit, 400 for framing that is malformed or ambiguous."""
+        chunked = (self.headers.get("Transfer-Encoding") or "").lower()
+        declared = self.headers.get_all("Content-Length") or []
+        if chunked and declared:
+            raise BadRequest("Content-Length with Transfer-Encoding is ambiguous", code="bad_framing")
+        if chunked:
+            if chunked != "chunked":
+                raise BadRequest(f"unsupported Transfer-Encoding {chunked[:40]!r}", code="bad_framing")
+            return self._read_chunked()
+        if len(set(declared)) > 1:
+            raise BadRequest("conflicting Content-Length headers", code="bad_framing")
+        raw = (declared[0] if declared else "0").strip()
+        if not raw.isdigit() or len(raw) > 18:
+            if raw.isdigit():  # 19+ digits: far past the limit, not worth parsing
+                raise GatewayError("REQUEST_TOO_LARGE")
+            raise BadRequest("Content-Length must be a non-negative integer", code="bad_framing")
+        length = int(raw)
+        if length > MAX_PAYLOAD_BYTES:
+            raise GatewayError("REQUEST_TOO_LARGE")  # before reading a byte of it
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise BadRequest("the body ended before Content-Length bytes", code="bad_framing")
+        return body
+
+    def _discard_rest(self) -> None:
+        """Read and drop what the client is still sending (bounded in bytes and time), so that a
+        client writing its whole body before reading sees the answer instead of a reset."""
+        self.wfile.flush()
+        self.connection.settimeout(DISCARD_TIMEOUT_S)
+        left = DISCARD_MAX_BYTES
+        try:
+            while left > 0:
+                chunk = self.connection.recv(min(left, 65536))
+                if not chunk:
+                    break
+                left -= len(chunk)
+        except OSError:  # timeout or reset: the answer is out, the connection closes either way
+            pass
+
+    def _read_chunked(self) -> bytes:
+        chunks, total = [], 0
+        while True:
+            line = self.rfile.readline(1026)
+            size_hex = line.split(b";")[0].strip()
+            try:
+                if not line.endswith(b"\n") or not size_hex:
+                    raise ValueError
+                size = int(size_hex, 16)
+            except ValueError:
+                raise BadRequest("malformed chunk size line", code="bad_framing") from None
+            if size == 0:
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            total += size
+            if total > MAX_PAYLOAD_BYTES:
+                raise GatewayError("REQUEST_TOO_LARGE")  # stop reading: the rest is never buffered
+            chunk = self.rfile.read(size)
+            if len(chunk) != size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                raise BadRequest("malformed chunk", code="bad_framing")
+            chunks.append(chunk)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _serve
 

@@ -4,9 +4,11 @@ It speaks both sides of SageMaker: the runtime API (``POST /endpoints/<name>/inv
 ``/invocations-response-stream`` in AWS event-stream framing as botocore parses it, and
 ``/async-invocations``, so boto3 ``sagemaker-runtime`` with ``endpoint_url`` runs the production
 client unchanged) and the container contract (``GET /ping``, ``POST /invocations``) with TGI's
-Messages API payloads, ``stream: true`` answered with TGI's server-sent events. Faults can be
-queued (throttle, 5xx, slow, not-ready, down, a stream that breaks or crawls) to exercise the
-client's retries, timeouts and circuit breaker, from Python (``inject``) or from another process
+Messages API payloads, ``stream: true`` answered with TGI's server-sent events. Like a real
+container it answers every request: bad input is a 422 (TGI's input validation), a crash while
+generating is a 500 with a JSON body, never a dropped connection. Faults can be queued (throttle,
+5xx, slow, not-ready, drop, down, a stream that breaks or crawls) to exercise the client's retries,
+timeouts and circuit breaker, from Python (``inject``) or from another process
 (``POST /_faults {"faults": [...]}``); ``/ping`` also reports open and abandoned streams.
 
     python -m local.heavy_server --port 8081 --bundle .cache/bundles/cirrus-tiny-gpt2 --endpoint cirrus-heavy
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -35,7 +39,8 @@ from functions.core.generation.schemas import (ChatCompletionRequest, Completion
 from local import eventstream
 
 ACCOUNT = "000000000000"
-FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity", "break_stream", "slow_tokens")
+FAULTS = ("throttle", "error", "slow", "not_ready", "no_capacity", "drop", "break_stream", "slow_tokens")
+log = logging.getLogger("local.heavy_server")
 _ENDPOINT_PATH = re.compile(r"^/endpoints/([^/]+)/(invocations|invocations-response-stream|async-invocations)$")
 _GONE = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError)
 
@@ -89,9 +94,9 @@ class HeavyServer:
 
     def inject(self, *faults: str) -> None:
         """Queue faults for the next runtime calls, one each: ``throttle``, ``error``, ``not_ready``,
-        ``no_capacity``, ``slow:<seconds>`` (before answering), ``break_stream:<n>`` (a streamed answer
-        ends with a ModelStreamError after n tokens) or ``slow_tokens:<seconds>`` (a streamed answer
-        waits this long before each token)."""
+        ``no_capacity``, ``drop`` (close the connection without answering), ``slow:<seconds>`` (before
+        answering), ``break_stream:<n>`` (a streamed answer ends with a ModelStreamError after n tokens)
+        or ``slow_tokens:<seconds>`` (a streamed answer waits this long before each token)."""
         with self._lock:
             for f in faults:
                 kind, _, arg = f.partition(":")
@@ -141,6 +146,13 @@ class HeavyServer:
             return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
         except CirrusError as exc:  # e.g. prompt longer than the context window
             return 422, {"error": exc.message, "error_type": "validation"}
+        except (ValueError, TypeError, OverflowError) as exc:
+            # A value the schema let through but the sampler cannot take (e.g. a seed numpy refuses):
+            # still the request's fault, so TGI's answer to it, 422, not a crash.
+            return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
+        except Exception as exc:  # noqa: BLE001 - a real container answers 500, it does not hang up
+            log.exception("generation failed")
+            return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
 
     def open_stream(self, payload: Any) -> tuple[int, dict] | tuple[int, "TgiStream"]:
         """TGI's ``stream: true``: 200 and the SSE events to send, or the refusal as ``run`` gives it."""
@@ -159,6 +171,11 @@ class HeavyServer:
             return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
         except CirrusError as exc:
             return 422, {"error": exc.message, "error_type": "validation"}
+        except (ValueError, TypeError, OverflowError) as exc:  # as run(): the request's fault, 422
+            return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
+        except Exception as exc:  # noqa: BLE001 - a real container answers 500, it does not hang up
+            log.exception("generation failed")
+            return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
         return 200, TgiStream(deltas, len(ids), req.model, chat=chat, include_usage=req.include_usage,
                               fingerprint=f"local-{self.generator.version}")
 
@@ -339,7 +356,8 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
                                       else 0.0)
             if status != 200:
                 # SageMaker wraps a container's non-2xx as ModelError (424) with the original status.
-                self._aws_error(424, "ModelError", f"Received client error ({status}) from primary",
+                side = "client" if status < 500 else "server"
+                self._aws_error(424, "ModelError", f"Received {side} error ({status}) from primary",
                                 OriginalStatusCode=status, OriginalMessage=json.dumps(body),
                                 LogStreamArn="local")
                 return
@@ -349,7 +367,8 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
             """InvokeEndpointWithResponseStream: TGI's SSE events, one PayloadPart each, as they come."""
             status, out = server.open_stream(payload)
             if status != 200:
-                self._aws_error(424, "ModelError", f"Received client error ({status}) from primary",
+                side = "client" if status < 500 else "server"
+                self._aws_error(424, "ModelError", f"Received {side} error ({status}) from primary",
                                 OriginalStatusCode=status, OriginalMessage=json.dumps(out), LogStreamArn="local")
                 return
             assert isinstance(out, TgiStream)
@@ -385,6 +404,11 @@ def _handler_for(server: HeavyServer) -> type[BaseHTTPRequestHandler]:
                     server.streams_open -= 1
 
         def _fault(self, kind: str, arg: float) -> bool:
+            if kind == "drop":
+                # The container died mid-request: no status line, the connection just closes.
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return True
             if kind == "slow":
                 time.sleep(arg)
                 return False  # then answer normally (the client may have given up already)

@@ -30,6 +30,20 @@ HEAVY_SERVER_MODULE = "local.heavy_server"
 HEAVY_ENDPOINT_NAME = "cirrus-local-heavy"
 HEAVY_MODEL_SUFFIX = "-heavy"
 DEV_KEY_NAME = "local-dev"
+# The backing services (moto: the keys table, data, KMS; the SageMaker stand-in) have no
+# authentication: only this machine may reach them, whatever --host the gateway listens on.
+BACKING_HOST = "127.0.0.1"
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class StartupError(RuntimeError):
@@ -77,6 +91,7 @@ class Started:
     heavy_url: str | None
     heavy_pid: int | None
     heavy_model: str | None
+    usage_plan_id: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -96,6 +111,7 @@ class LocalSystem:
         self.pollers: list = []
         self.functions: dict[str, Any] = {}
         self.heavy_model: str | None = None
+        self.usage_plan_id: str | None = None
 
     # ------------------------------------------------------------------ start
     def start(self) -> Started:
@@ -103,8 +119,8 @@ class LocalSystem:
         if not port_free(cfg.host, cfg.port):
             raise StartupError(f"port {cfg.port} on {cfg.host} is taken (is Cirrus already running? "
                                f"`python -m local status`); choose another with --port N")
-        if not port_free(cfg.host, cfg.aws_port):
-            raise StartupError(f"port {cfg.aws_port} on {cfg.host} is taken; choose another with --aws-port N")
+        if not port_free(BACKING_HOST, cfg.aws_port):
+            raise StartupError(f"port {cfg.aws_port} on {BACKING_HOST} is taken; choose another with --aws-port N")
         timings: dict[str, float] = {}
         try:
             with _timed(timings, "bundles"):
@@ -114,6 +130,7 @@ class LocalSystem:
             with _timed(timings, "publish"):
                 models = self._publish(bundles, prov)
             with _timed(timings, "dev_key"):
+                self.usage_plan_id = self._usage_plan(prov)
                 key, key_id = self._dev_key(prov)
             with _timed(timings, "heavy"):
                 heavy_url, heavy_pid, heavy_note = self._heavy(bundles, prov)
@@ -133,7 +150,7 @@ class LocalSystem:
             url=gateway_url, aws_endpoint_url=prov.endpoint_url, api_key=key, api_key_id=key_id,
             buckets=prov.buckets, tables=prov.tables, queues={k: vars(v) for k, v in prov.queues.items()},
             models=models, tasks={n: _task(p) or "?" for n, p in bundles.items()}, batch=batch, heavy_url=heavy_url, heavy_pid=heavy_pid,
-            heavy_model=self.heavy_model if heavy_url else None, timings_s=timings,
+            heavy_model=self.heavy_model if heavy_url else None, usage_plan_id=self.usage_plan_id, timings_s=timings,
             notes=[n for n in (heavy_note, batch_note) if n])
         return self.started
 
@@ -166,7 +183,7 @@ class LocalSystem:
             os.environ.pop(var, None)
         os.environ.update(FAKE_CREDENTIALS)
         os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
-        server = MotoServer(self.cfg.host, self.cfg.aws_port)
+        server = MotoServer(BACKING_HOST, self.cfg.aws_port)
         url = server.start()
         self._stops.append(("moto server", server.stop))
         os.environ["AWS_ENDPOINT_URL"] = url
@@ -189,12 +206,24 @@ class LocalSystem:
                  + f" to s3://{prov.buckets['Artifacts']} (SSE-KMS)")
         return out
 
+    def _usage_plan(self, prov) -> str:
+        from local.aws import provision_usage_plan
+
+        plan_id = provision_usage_plan(prov.endpoint_url, self.cfg)
+        api = self.cfg.stage_settings().api
+        self.say(f"api: per-key limits {api.key_rate_limit:g}/s, burst {api.key_burst_limit}, quota "
+                 f"{api.key_quota or 'none'}/{api.key_quota_period.lower()} (usage plan {plan_id})")
+        return plan_id
+
     def _dev_key(self, prov) -> tuple[str, str]:
         from functions.core.auth import KeyStore
         from local.aws import client
+        from ops.usage_plans import KeyLimits, UsagePlans
 
         store = KeyStore(prov.tables["ApiKeys"], ddb=client("dynamodb", prov.endpoint_url))
-        key, record = store.create(DEV_KEY_NAME)
+        plans = UsagePlans(client("apigateway", prov.endpoint_url), self.usage_plan_id)
+        limits = KeyLimits(rate=self.cfg.dev_key_rate, burst=self.cfg.dev_key_burst)
+        key, record = store.create(DEV_KEY_NAME, usage=lambda key_id: plans.register(key_id, limits))
         return key, record.key_id
 
     def _heavy(self, bundles: dict[str, Path], prov) -> tuple[str | None, int | None, str | None]:
@@ -211,12 +240,12 @@ class LocalSystem:
         # The stage settings forbid a heavy model name that a Lambda also serves (infra.settings);
         # the stand-in serves the generation bundle under its own name, as the GPU model would.
         self.heavy_model = f"{bundle.name}{HEAVY_MODEL_SUFFIX}"
-        port = free_port(self.cfg.host)
+        port = free_port(BACKING_HOST)
         log_path = self.cfg.state_dir / "heavy-server.log"
         logf = open(log_path, "ab")
         # A separate process, as a SageMaker endpoint is a separate machine; stopped by its PID.
         proc = subprocess.Popen(
-            [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", self.cfg.host, "--port", str(port),
+            [sys.executable, "-m", HEAVY_SERVER_MODULE, "--host", BACKING_HOST, "--port", str(port),
              "--bundle", str(bundle), "--endpoint", HEAVY_ENDPOINT_NAME,
              # SageMaker async inference writes under the endpoint's S3OutputPath / S3FailurePath:
              # the stack's (infra/constructs/heavy_async.py), from the same shared data.
@@ -226,7 +255,7 @@ class LocalSystem:
             preexec_fn=_die_with_parent)
         logf.close()
         self._stops.append(("heavy stand-in", lambda: _stop_process(proc)))
-        url = f"http://{self.cfg.host}:{port}"
+        url = f"http://{BACKING_HOST}:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -274,10 +303,15 @@ class LocalSystem:
         from infra.resources import DOCS_ROUTES, ROUTES, STREAM_FUNCTION, STREAMED_ROUTES
         from local.gateway import Gateway, GatewayServer
 
+        from local.aws import client
+        from local.gateway import UsageLimiter
+        from ops.usage_plans import limits_for
+
         api, auth = self._function("api"), self._function("authorizer")
+        apigw = client("apigateway", os.environ["AWS_ENDPOINT_URL"])
         gw = Gateway(api, auth, routes=ROUTES, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
                      host=self.cfg.host, stream=self._function(STREAM_FUNCTION), streamed_routes=STREAMED_ROUTES,
-                     public=DOCS_ROUTES)
+                     public=DOCS_ROUTES, usage=UsageLimiter(lambda value: limits_for(apigw, value)))
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)
         except OSError as exc:
@@ -286,6 +320,10 @@ class LocalSystem:
         url = server.start()
         self._stops.append(("gateway", server.stop))
         self.say(f"api: local API Gateway on {url} (stage {self.cfg.stage})")
+        if not is_loopback(self.cfg.host):
+            log.warning("the API listens on %s, not loopback: other machines can reach it with a key", self.cfg.host)
+            self.say(f"warning: the API listens on {self.cfg.host}, reachable from other machines; the backing "
+                     f"services (moto, the SageMaker stand-in) stay on {BACKING_HOST}")
         return url
 
     def _function(self, function_id: str):

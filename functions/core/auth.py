@@ -12,7 +12,7 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -37,10 +37,16 @@ class KeyRecord:
     created_at: str
     revoked: bool = False
     revoked_at: str | None = None
+    # The API Gateway key this key is metered and throttled as (ops/usage_plans.py): its id, and the
+    # value the authorizer answers as usageIdentifierKey. Not a credential (clients never send it).
+    usage_key_id: str | None = None
+    usage_key: str | None = None
+    usage_plan_id: str | None = None
 
     def public(self) -> dict[str, Any]:
         return {"key_id": self.key_id, "name": self.name, "created_at": self.created_at,
-                "revoked": self.revoked, "revoked_at": self.revoked_at}
+                "revoked": self.revoked, "revoked_at": self.revoked_at,
+                "usage_key_id": self.usage_key_id, "usage_plan_id": self.usage_plan_id}
 
 
 def _now() -> str:
@@ -54,7 +60,9 @@ def _digest(salt: bytes, secret: str) -> str:
 def _record(item: dict[str, Any]) -> KeyRecord:
     return KeyRecord(key_id=item["key_id"]["S"], name=item["name"]["S"], created_at=item["created_at"]["S"],
                      revoked=item.get("revoked", {}).get("BOOL", False),
-                     revoked_at=item.get("revoked_at", {}).get("S"))
+                     revoked_at=item.get("revoked_at", {}).get("S"),
+                     usage_key_id=item.get("usage_key_id", {}).get("S"), usage_key=item.get("usage_key", {}).get("S"),
+                     usage_plan_id=item.get("usage_plan_id", {}).get("S"))
 
 
 class KeyStore:
@@ -67,22 +75,35 @@ class KeyStore:
         self.table = table
         self.ddb = ddb
 
-    def create(self, name: str) -> tuple[str, KeyRecord]:
-        """A new key: returns the full key (shown once, never stored) and its record."""
+    def create(self, name: str, *, usage: Callable[[str], Any] | None = None) -> tuple[str, KeyRecord]:
+        """A new key: returns the full key (shown once, never stored) and its record.
+
+        ``usage(key_id)`` registers the key in a usage plan (``ops.usage_plans.UsagePlans.register``)
+        and returns its ``UsageKey``; without it the key has no per-key limits (and a REST API that
+        requires usage keys refuses it).
+        """
         if not _NAME.match(name):
             raise ValidationFailed("key name: 1-64 letters, digits, spaces or . _ @ : -", param="name")
         key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
-        record = KeyRecord(key_id=key_id, name=name, created_at=_now())
+        registered = usage(key_id) if usage is not None else None
+        record = KeyRecord(key_id=key_id, name=name, created_at=_now(),
+                           usage_key_id=registered.id if registered else None,
+                           usage_key=registered.value if registered else None,
+                           usage_plan_id=registered.plan_id if registered else None)
         item = {"key_id": {"S": key_id}, "name": {"S": name}, "created_at": {"S": record.created_at},
                 "salt": {"B": salt}, "hash": {"S": _digest(salt, secret)}, "algo": {"S": HASH_ALGO},
                 "revoked": {"BOOL": False}}
+        if registered:
+            item.update({"usage_key_id": {"S": registered.id}, "usage_key": {"S": registered.value},
+                         "usage_plan_id": {"S": registered.plan_id}})
         # The condition makes a (vanishingly unlikely) key_id collision fail instead of overwrite.
         dynamodb.put_item(self.table, item, condition="attribute_not_exists(key_id)", ddb=self.ddb)
         return f"{PREFIX}_{key_id}_{secret}", record
 
     def list(self) -> list[KeyRecord]:
-        items = dynamodb.scan(self.table, projection="key_id, #n, created_at, revoked, revoked_at",
+        items = dynamodb.scan(self.table, projection="key_id, #n, created_at, revoked, revoked_at, "
+                                                     "usage_key_id, usage_plan_id",
                               names={"#n": "name"}, ddb=self.ddb)
         return sorted((_record(i) for i in items), key=lambda r: r.created_at)
 
@@ -103,10 +124,10 @@ class KeyStore:
 
         The message never says which part failed (unknown id, wrong secret, revoked) to a caller.
         """
-        token = (authorization or "").strip()
-        if token[:7].lower() == "bearer ":
-            token = token[7:].strip()
-        match = _KEY.match(token)
+        # RFC 7235: the scheme is case-insensitive ("bearer" is as good as "Bearer"); a bare key with
+        # no scheme is refused, so only the form the docs and OpenAI clients send ever works.
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        match = _KEY.match(token.strip()) if scheme.lower() == "bearer" else None
         if not match:
             raise Unauthorized("Incorrect API key provided")
         key_id, secret = match.groups()
@@ -133,12 +154,16 @@ def authorizer_policy(record: KeyRecord, method_arn: str) -> dict[str, Any]:
         raise CirrusError("malformed methodArn in authorizer event")
     api_id, stage = parts[5].split("/")[:2]
     resource = ":".join(parts[:5]) + f":{api_id}/{stage}/*"
-    return {
+    policy = {
         "principalId": record.key_id,
         "policyDocument": {"Version": "2012-10-17", "Statement": [
             {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": resource}]},
         "context": {"key_id": record.key_id, "key_name": record.name},
     }
+    if record.usage_key:
+        # apiKeySource AUTHORIZER: API Gateway throttles and meters this key by its usage plan.
+        policy["usageIdentifierKey"] = record.usage_key
+    return policy
 
 
 class RejectToken(Exception):

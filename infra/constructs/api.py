@@ -34,6 +34,9 @@ class Api(Construct):
             description="Cirrus: OpenAI-compatible embeddings, classification, generation and jobs",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=True,
+            # Per-key throttling and quotas: the TOKEN authorizer answers the key's usageIdentifierKey
+            # (functions/core/auth.py), API Gateway holds it to its usage plan (ops/usage_plans.py).
+            api_key_source_type=apigw.ApiKeySourceType.AUTHORIZER,
             deploy_options=apigw.StageOptions(
                 stage_name=stage.name,
                 throttling_rate_limit=stage.api.throttle_rate_limit,
@@ -71,6 +74,7 @@ class Api(Construct):
                 verb, streaming if (verb, path) in STREAMED_ROUTES else integration,
                 authorizer=self.authorizer,
                 authorization_type=apigw.AuthorizationType.CUSTOM,
+                api_key_required=True,
                 request_validator=validator,
                 request_models=({"application/json": json_object}
                                 if verb == "POST" and path not in BODYLESS_POSTS else None),
@@ -82,6 +86,15 @@ class Api(Construct):
                         reason="the API description and its Swagger UI page are public in stages that "
                                "enable api.docs; every API method keeps the bearer-key authorizer")
             acknowledge(method, id="AwsSolutions-COG4", reason="public documentation page, no caller identity")
+        api_cfg = stage.api
+        # The stage's default plan: every key created without its own limits joins it.
+        self.usage_plan = self.rest_api.add_usage_plan(
+            "DefaultUsagePlan", name=f"cirrus-{stage.name}-default",
+            description="per-key limits of keys created without their own (keys create --rate/--burst/--quota)",
+            throttle=apigw.ThrottleSettings(rate_limit=api_cfg.key_rate_limit, burst_limit=api_cfg.key_burst_limit),
+            quota=apigw.QuotaSettings(limit=api_cfg.key_quota, period=apigw.Period[api_cfg.key_quota_period])
+            if api_cfg.key_quota else None,
+            api_stages=[apigw.UsagePlanPerApiStage(api=self.rest_api, stage=self.rest_api.deployment_stage)])
         for name, response in GATEWAY_RESPONSES.items():
             self.rest_api.add_gateway_response(
                 f"Gw{name}", type=apigw.ResponseType.of(name),

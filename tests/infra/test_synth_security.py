@@ -8,7 +8,7 @@ import pytest
 from infra.constructs.api import ROUTES
 from infra.constructs.batch import VISIBILITY_FACTOR
 from infra.function_specs import FUNCTIONS, STREAM_EXEC_WRAPPER
-from infra.resources import DOCS_ROUTES, RESOURCES
+from infra.resources import DOCS_ROUTES, RESOURCES, ROUTES
 from infra.settings import FunctionsSettings, all_stages
 from functions.core.settings import ENV_PREFIX, Settings
 from template_support import as_list, ref_id
@@ -190,9 +190,42 @@ def test_gateway_429_responses_tell_clients_when_to_retry(synth):
                  for r in synth.resources("dev", "AWS::ApiGateway::GatewayResponse").values()}
     throttles = {t: p for t, p in responses.items() if p.get("StatusCode") == "429"}
     assert set(throttles) == {"THROTTLED", "QUOTA_EXCEEDED"}
+    assert responses["INVALID_API_KEY"]["StatusCode"] == "403"
     for props in throttles.values():
         assert props["ResponseParameters"] == {"gatewayresponse.header.Content-Type": "'application/json'",
                                                "gatewayresponse.header.Retry-After": "'1'"}
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_method_requires_a_usage_key_from_the_authorizer_held_to_the_stages_key_plan(synth, stage):
+    (api,) = synth.resources(stage, "AWS::ApiGateway::RestApi").values()
+    assert api["Properties"]["ApiKeySourceType"] == "AUTHORIZER"
+    # Every method behind the authorizer; the public docs page and description (api.docs) take no key.
+    methods = [m["Properties"] for m in synth.resources(stage, "AWS::ApiGateway::Method").values()]
+    assert all(m.get("ApiKeyRequired") is True for m in methods if m["AuthorizationType"] == "CUSTOM")
+    assert all(not m.get("ApiKeyRequired") for m in methods if m["AuthorizationType"] == "NONE")
+    assert sum(m["AuthorizationType"] == "CUSTOM" for m in methods) == len(ROUTES)
+    (plan,) = synth.resources(stage, "AWS::ApiGateway::UsagePlan").values()
+    from infra.settings import ApiSettings
+
+    want = all_stages()[stage].api if stage in all_stages() else ApiSettings(waf=False)  # citest: the defaults
+    p = plan["Properties"]
+    assert p["Throttle"] == {"RateLimit": want.key_rate_limit, "BurstLimit": want.key_burst_limit}
+    if want.key_quota:
+        assert p["Quota"] == {"Limit": want.key_quota, "Period": want.key_quota_period}
+    (st_id,) = synth.resources(stage, "AWS::ApiGateway::Stage")
+    (api_stage,) = p["ApiStages"]
+    assert api_stage["Stage"] == {"Ref": st_id}
+    assert "UsagePlanId" in synth.templates[stage]["Outputs"]
+
+
+def test_per_key_limits_cannot_exceed_the_stage_limits():
+    from pydantic import ValidationError
+
+    from infra.settings import ApiSettings
+
+    with pytest.raises(ValidationError, match="key_rate_limit"):
+        ApiSettings(throttle_rate_limit=10, key_rate_limit=20)
+
 
 def test_waf_guards_prod_only(synth):
     assert synth.resources("prod", "AWS::WAFv2::WebACLAssociation")

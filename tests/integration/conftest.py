@@ -72,7 +72,9 @@ def local_cirrus(bundles_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
         proc = subprocess.Popen(
             [sys.executable, "-m", "local", "up", "--port", "0", "--state-dir", str(state_dir),
              "--bundles-dir", str(bundles_dir), "--visibility-timeout", str(VISIBILITY_S),
-             "--key-file", str(key_file)],
+             "--key-file", str(key_file),
+             # The suites fire requests back to back; the per-key limit has its own test.
+             "--dev-key-rate", "1000", "--dev-key-burst", "2000"],
             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         state = None

@@ -415,3 +415,15 @@ def test_logs_carry_sizes_but_never_the_input_text(light_api, capsys, monkeypatc
     emf = [r for r in records if "_aws" in r]
     names = {m["Name"] for r in emf for d in r["_aws"]["CloudWatchMetrics"] for m in d["Metrics"]}
     assert {"InferenceLatency", "Tokens", "Inputs"} <= names
+
+
+def test_each_request_is_metered_per_key_id_with_its_tokens_and_never_the_key_or_text(light_api, caplog):
+    secret_text = "my very private sentence"
+    with caplog.at_level("INFO", logger="cirrus"):
+        status, body, _ = call_api(embed_event({"model": EMBEDDER, "input": [secret_text, "two"]}))
+    assert status == 200
+    (usage,) = [r for r in caplog.records if r.getMessage() == "usage"]
+    assert usage.key_id == "0123456789abcdef" and usage.requests == 1 and usage.route == "/{proxy+}"
+    assert usage.tokens == body["usage"]["total_tokens"] > 0
+    everything = json.dumps([vars(r) for r in caplog.records], default=str)
+    assert secret_text not in everything and "Bearer" not in everything

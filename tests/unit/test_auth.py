@@ -79,6 +79,15 @@ def test_bearer_scheme_is_case_insensitive(table):
     assert authorizer(event, lambda_context())["principalId"] == record.key_id
 
 
+@pytest.mark.parametrize("form", ["{key}", "Basic {key}", "Bearer{key}", "Token {key}", "Bearer  {key} extra"])
+def test_a_key_without_the_bearer_scheme_is_refused(table, form):
+    key, _ = KeyStore().create("tests")
+    event = token_event(key)
+    event["authorizationToken"] = form.format(key=key)
+    with pytest.raises(RejectToken):
+        authorizer(event, lambda_context())
+
+
 def test_only_a_salted_hash_is_stored(table):
     key, record = KeyStore().create("tests")
     key2, _ = KeyStore().create("tests")
@@ -179,3 +188,54 @@ def test_cli_reports_a_missing_region_on_one_line(aws_env, monkeypatch, tmp_path
 def test_cli_reports_a_bad_endpoint_on_one_line(aws_env, capsys, endpoint, message):
     assert keys_cli.main(["--table", "t", "--endpoint-url", endpoint, "list"]) == 1
     assert capsys.readouterr().err.strip() == message
+
+
+# ------------------------------------------------------------------------------ usage plans (per-key limits)
+@pytest.fixture
+def plans(table):
+    """The stage's default usage plan on moto's API Gateway, as the stack creates it."""
+    from ops.usage_plans import UsagePlans
+
+    ag = boto3.client("apigateway", region_name=REGION)
+    api = ag.create_rest_api(name="cirrus-test", apiKeySource="AUTHORIZER")
+    plan = ag.create_usage_plan(name="default", apiStages=[{"apiId": api["id"], "stage": "test"}],
+                                throttle={"rateLimit": 5.0, "burstLimit": 10}, quota={"limit": 1000, "period": "DAY"})
+    return UsagePlans(ag, plan["id"])
+
+
+def test_a_key_in_the_default_plan_gets_its_limits_and_the_authorizer_names_its_usage_key(plans):
+    from ops.usage_plans import KeyLimits, limits_for
+
+    key, record = KeyStore().create("tenant-a", usage=plans.register)
+    policy = authorizer(token_event(key), lambda_context())
+    assert policy["usageIdentifierKey"] == record.usage_key and record.usage_key != key
+    assert key.split("_")[-1] not in record.usage_key  # the usage key is not derived from the secret
+    assert limits_for(plans.apigw, record.usage_key) == KeyLimits(rate=5.0, burst=10, quota=1000, period="DAY")
+    assert record.usage_key not in json.dumps(record.public())
+
+
+def test_a_key_with_its_own_limits_gets_its_own_plan_and_keeps_the_stage_quota(plans):
+    from ops.usage_plans import KeyLimits, limits_for
+
+    _, record = KeyStore().create("tenant-b", usage=lambda kid: plans.register(kid, KeyLimits(rate=1, burst=2)))
+    assert record.usage_plan_id != plans.default_plan_id
+    assert limits_for(plans.apigw, record.usage_key) == KeyLimits(rate=1.0, burst=2, quota=1000, period="DAY")
+
+
+def test_keys_cli_create_with_limits_and_revoke_disables_the_usage_key(plans, capsys):
+    from ops.usage_plans import KeyLimits, limits_for
+
+    assert keys_cli.main(["create", "--name", "cli-key", "--usage-plan", plans.default_plan_id,
+                          "--rate", "2", "--burst", "4", "--quota", "99", "--quota-period", "WEEK"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    record = KeyStore().verify(f"Bearer {out['api_key']}")
+    assert limits_for(plans.apigw, record.usage_key) == KeyLimits(rate=2.0, burst=4, quota=99, period="WEEK")
+    assert keys_cli.main(["revoke", out["key_id"]]) == 0
+    assert limits_for(plans.apigw, record.usage_key) is None  # disabled: API Gateway refuses it too
+
+
+@pytest.mark.parametrize("args", [["--rate", "0"], ["--burst", "0"], ["--quota", "0"], ["--rate", "5"]])
+def test_keys_cli_refuses_bad_limits_or_limits_without_a_plan(table, capsys, args, monkeypatch):
+    monkeypatch.delenv("CIRRUS_USAGE_PLAN_ID", raising=False)
+    assert keys_cli.main(["create", "--name", "x", *args]) == 1
+    assert "error:" in capsys.readouterr().err

@@ -81,6 +81,26 @@ def test_list_shows_newest_first_and_only_the_callers_jobs(pipeline):
     assert_error(status, body, 404, "job_not_found")
 
 
+def test_listing_reads_only_the_callers_jobs_through_the_owner_index(pipeline):
+    from functions.core.aws.base import client
+
+    for key_id in ("bbbb",) * 5 + ("aaaa",):
+        call_api(as_key(api_event("POST", "/v1/jobs", {"inputs": ["x"]}), key_id))
+    queries: list[dict] = []
+    ddb = client("dynamodb")
+    record = lambda params, **_: queries.append(dict(params))  # noqa: E731
+    ddb.meta.events.register("provide-client-params.dynamodb.Query", record)
+    try:
+        _, listed, _ = get("/v1/jobs", key_id="aaaa")
+    finally:
+        ddb.meta.events.unregister("provide-client-params.dynamodb.Query", record)
+    assert len(listed["data"]) == 1
+    owner_queries = [q for q in queries if q.get("IndexName") == "by_owner"]
+    assert owner_queries and all(q["ExpressionAttributeValues"][":o"] == {"S": "aaaa"} for q in owner_queries)
+    # Jobs of other keys are never read and filtered out: only unowned ones may come from by_created.
+    assert all(q.get("FilterExpression") == "attribute_not_exists(#o)" for q in queries if q.get("IndexName") == "by_created")
+
+
 def without_authorizer(event: dict) -> dict:
     event = copy.deepcopy(event)
     event["requestContext"].pop("authorizer")

@@ -14,7 +14,8 @@ import pytest
 import requests
 from botocore.config import Config
 
-from functions.core.errors import ModelUnavailable, UpstreamTimeout, ValidationFailed, to_response
+from functions.core.errors import (BadRequest, ModelUnavailable, Throttled, UpstreamTimeout, ValidationFailed,
+                                   to_response)
 from functions.core.generation.breaker import CircuitBreaker
 from functions.core.generation.heavy import HeavyClient
 from functions.core.settings import Settings
@@ -107,6 +108,73 @@ def test_unknown_endpoint_name_is_503_not_found(server, aws_env):
     with pytest.raises(ModelUnavailable) as exc:
         heavy.invoke(CHAT)
     assert exc.value.code == "endpoint_not_found"
+
+
+def client_for(server, *, attempts: int, failures: int = 5) -> HeavyClient:
+    settings = Settings(heavy_endpoint_name="cirrus-heavy", heavy_read_timeout_s=0.5, heavy_connect_timeout_s=0.5,
+                        heavy_max_attempts=attempts, heavy_breaker_failures=failures, heavy_breaker_reset_s=30)
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1", endpoint_url=server.url,
+                          config=Config(connect_timeout=0.5, read_timeout=0.5, retries={"total_max_attempts": 1}))
+    return HeavyClient(settings, client=client, breaker=CircuitBreaker("cirrus-heavy", failures=failures, reset_s=30),
+                       sleep=lambda s: None)
+
+
+BAD_ROLE = {**CHAT, "messages": [{"role": "robot", "content": "x"}]}
+
+# One failure of each kind, then what the client did: (fault or bad payload, error seen with one
+# attempt, counted toward the breaker, calls made with three attempts allowed).
+FAULT_TABLE = [
+    ("container_4xx", ValidationFailed, 0, 1),   # the request's own fault: no retry, never counted
+    ("error", ModelUnavailable, 1, 2),           # container 5xx: counted, retried (then succeeds)
+    ("slow:1.0", UpstreamTimeout, 1, 1),         # read timeout: counted, not retried (budget spent)
+    ("throttle", Throttled, 0, 2),               # busy, not broken: retried, not counted
+    ("drop", ModelUnavailable, 1, 2),            # connection closed without an answer: counted, retried
+]
+
+
+@pytest.mark.parametrize(("fault", "error", "counted", "calls"), FAULT_TABLE, ids=[f[0] for f in FAULT_TABLE])
+def test_each_heavy_failure_is_counted_toward_the_breaker_or_not(server, aws_env, fault, error, counted, calls):
+    server.faults.clear()
+    payload = BAD_ROLE if fault == "container_4xx" else CHAT
+    once = client_for(server, attempts=1)
+    if fault != "container_4xx":
+        server.inject(fault)
+    with pytest.raises(error):
+        once.invoke(payload)
+    assert once.breaker.consecutive_failures == counted and once.breaker.state == "closed"
+
+    retrying = client_for(server, attempts=3)
+    if fault != "container_4xx":
+        server.inject(fault)
+    before = server.calls
+    if fault == "container_4xx" or fault.startswith("slow"):
+        with pytest.raises(error):
+            retrying.invoke(payload)
+    else:
+        assert retrying.invoke(payload)["choices"]  # the retry got through
+    assert server.calls - before == calls
+    time.sleep(0.6 if fault.startswith("slow") else 0)  # let the slow answer finish before the next test
+
+
+@pytest.mark.parametrize("bad", [
+    {"seed": -1, "temperature": 0.7}, {"messages": [{"role": "robot", "content": "x"}]}, {"messages": []},
+    {"temperature": -1},
+], ids=["seed_negative", "bad_role", "no_messages", "temperature_negative"])
+def test_the_stand_in_answers_bad_input_with_422_like_a_container(server, bad):
+    r = requests.post(f"{server.url}/invocations", json={**CHAT, **bad}, timeout=30)
+    assert r.status_code == 422 and r.json()["error_type"] == "validation"
+
+
+def test_one_tenants_bad_requests_never_open_the_breaker_for_others(server, aws_env):
+    server.faults.clear()
+    heavy = client_for(server, attempts=3, failures=2)
+    before = server.calls
+    for bad in ({"seed": -1, "temperature": 0.7}, {"messages": []}, {"messages": [{"role": "robot", "content": "x"}]}) * 3:
+        with pytest.raises((ValidationFailed, BadRequest)):
+            heavy.invoke({**CHAT, **bad})
+    assert server.calls - before == 9  # one call each: a refusal is never retried
+    assert heavy.breaker.state == "closed" and heavy.breaker.consecutive_failures == 0
+    assert heavy.invoke(CHAT)["choices"]  # another tenant's valid request still goes through
 
 
 @pytest.fixture(scope="module")

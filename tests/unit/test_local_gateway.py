@@ -412,3 +412,149 @@ def test_a_stream_without_a_valid_prelude_is_a_502():
         assert r.status_code == 502 and r.json()["error"]["code"] == "internal_error"
     finally:
         srv.stop()
+
+
+# ------------------------------------------------------------------------------ usage plans
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def limiter(plans: dict, clock=None, now=lambda: 1_700_000_000.0):
+    from local.gateway import UsageLimiter
+
+    return UsageLimiter(lambda value: plans.get(value), cache_s=0, clock=clock or FakeClock(), now=now)
+
+
+def test_usage_limiter_is_a_token_bucket_per_key_with_burst_and_rate():
+    from ops.usage_plans import KeyLimits
+
+    clock = FakeClock()
+    lim = limiter({"a": KeyLimits(rate=2, burst=3), "b": KeyLimits(rate=2, burst=3)}, clock)
+    for _ in range(3):
+        lim.admit("a")
+    with pytest.raises(GatewayError) as exc:
+        lim.admit("a")
+    assert exc.value.status == 429 and exc.value.code == "rate_limited" and exc.value.headers["Retry-After"]
+    lim.admit("b")             # another key has its own bucket
+    clock.t += 0.5             # 2/s refills one request in 0.5 s
+    lim.admit("a")
+    with pytest.raises(GatewayError):
+        lim.admit("a")
+
+
+def test_usage_limiter_quota_per_day_then_the_next_day_resets():
+    from ops.usage_plans import KeyLimits
+
+    day = [1_700_000_000.0]
+    lim = limiter({"a": KeyLimits(quota=2, period="DAY")}, now=lambda: day[0])
+    lim.admit("a"), lim.admit("a")
+    with pytest.raises(GatewayError) as exc:
+        lim.admit("a")
+    assert exc.value.status == 429 and exc.value.code == "quota_exceeded"
+    day[0] += 86_400
+    lim.admit("a")
+
+
+def test_usage_limiter_refuses_a_missing_or_unknown_usage_key_with_403():
+    lim = limiter({})
+    for value in (None, "", "nope"):
+        with pytest.raises(GatewayError) as exc:
+            lim.admit(value)
+        assert exc.value.status == 403 and exc.value.code == "key_not_enabled"
+
+
+def test_gateway_throttles_per_usage_identifier_key_before_the_function_runs():
+    from local.gateway import UsageLimiter
+    from ops.usage_plans import KeyLimits
+
+    def with_usage_key(event, context=None):
+        return {**allow_all(event), "usageIdentifierKey": "uk-" + event["authorizationToken"][-1]}
+
+    api = Recorder()
+    gw = Gateway(LambdaFunction("api", api), LambdaFunction("authorizer", Recorder(with_usage_key)),
+                 routes=TEST_ROUTES, stage="local",
+                 usage=UsageLimiter(lambda v: KeyLimits(rate=0.001, burst=2), cache_s=60))
+    req = lambda token: HttpRequest("GET", "/health", [("Authorization", f"Bearer {token}")], b"")  # noqa: E731
+    assert [gw.handle(req("k1")).status for _ in range(3)] == [200, 200, 429]
+    assert gw.handle(req("k2")).status == 200  # one key's burst never spends another's
+    throttled = gw.handle(req("k1"))
+    assert dict(throttled.headers)["Retry-After"] == "1" and json.loads(throttled.body)["error"]["type"] == "rate_limit_error"
+    assert len(api.events) == 3
+    assert all("usageIdentifierKey" not in e["requestContext"]["authorizer"] for e, _ in api.events)
+
+
+# ------------------------------------------------------------------------------ framing and headers
+def raw_request(url: str, head: bytes, body: bytes = b"", timeout: float = 10) -> tuple[int, dict]:
+    """Send bytes as they are (no client normalising them); the status and JSON body that came back."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    with socket.create_connection((u.hostname, u.port), timeout=timeout) as s:
+        s.sendall(head + body)
+        data = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, TimeoutError):
+                break
+            if not chunk:
+                break
+            data += chunk
+            if b"\r\n\r\n" in data:
+                header, _, rest = data.partition(b"\r\n\r\n")
+                length = int(dict(line.split(b": ", 1) for line in header.split(b"\r\n")[1:]
+                                  if b": " in line).get(b"Content-Length", b"0"))
+                if len(rest) >= length:
+                    return int(header.split()[1]), json.loads(rest[:length] or b"{}")
+    raise AssertionError(f"no complete answer: {data[:200]!r}")
+
+
+def _head(*lines: str) -> bytes:
+    return ("POST /v1/echo HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer cir_abc_secret\r\n"
+            "Content-Type: application/json\r\n" + "".join(f"{ln}\r\n" for ln in lines) + "\r\n").encode()
+
+
+@pytest.mark.parametrize(("lines", "body", "status", "code"), [
+    (["Content-Length: 1000000000000000"], b"{}", 413, "payload_too_large"),     # 10^15: refused unread
+    (["Content-Length: 99999999999999999999999"], b"{}", 413, "payload_too_large"),
+    (["Content-Length: -5"], b"{}", 400, "bad_framing"),
+    (["Content-Length: abc"], b"{}", 400, "bad_framing"),
+    (["Content-Length: 2", "Content-Length: 3"], b"{}", 400, "bad_framing"),
+    (["Content-Length: 2", "Transfer-Encoding: chunked"], b"2\r\n{}\r\n0\r\n\r\n", 400, "bad_framing"),
+    (["Transfer-Encoding: gzip"], b"{}", 400, "bad_framing"),
+    (["Transfer-Encoding: chunked"], b"zz\r\n{}\r\n0\r\n\r\n", 400, "bad_framing"),
+    (["Transfer-Encoding: chunked"], b"5\r\n{}\r\n0\r\n\r\n", 400, "bad_framing"),
+], ids=["length_1e15", "length_huge_digits", "length_negative", "length_not_a_number", "length_conflicting",
+        "length_and_chunked", "unknown_transfer_encoding", "chunk_size_not_hex", "chunk_shorter_than_its_size"])
+def test_malformed_or_oversized_framing_is_a_json_error_without_reading_the_body(served, lines, body, status, code):
+    url, api, _ = served()
+    got, err = raw_request(url, _head(*lines), body)
+    assert got == status and err["error"]["code"] == code and set(err["error"]) == {"message", "type", "param", "code"}
+    assert api.events == []
+    assert requests.get(url + "/health", headers=AUTH, timeout=10).status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_413_and_never_buffered_whole(served):
+    url, api, _ = served()
+    chunk = b"x" * (1024 * 1024)
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(MAX_PAYLOAD_BYTES // len(chunk) + 2))
+    got, err = raw_request(url, _head("Transfer-Encoding: chunked"), body + b"0\r\n\r\n")
+    assert got == 413 and err["error"]["code"] == "payload_too_large" and api.events == []
+
+
+def test_a_small_chunked_json_body_reaches_the_function(served):
+    url, api, _ = served()
+    got, _ = raw_request(url, _head("Transfer-Encoding: chunked"), b'2\r\n{}\r\n0\r\n\r\n')
+    assert got == 200 and api.events[0][0]["body"] == "{}"
+
+
+def test_two_authorization_headers_are_a_400_before_the_authorizer(served):
+    url, api, auth = served()
+    got, err = raw_request(url, _head("Authorization: Bearer cir_other_secret", "Content-Length: 2"), b"{}")
+    assert got == 400 and err["error"]["code"] == "duplicate_authorization"
+    assert api.events == [] and auth.events == []

@@ -100,6 +100,14 @@ def test_model_without_registry_entry_is_404(s3_env):
     assert_error(*embed()[:2], 404, "model_not_found")
 
 
+def test_unknown_model_names_leave_no_lock_behind(s3_env):
+    store = model_store.store()
+    for i in range(50):
+        with pytest.raises(ModelNotFound):
+            store.get(f"no-such-model-{i}")
+    assert store.lock_count == 0
+
+
 def test_damaged_cache_is_downloaded_again(s3_env, bundles_dir, tmp_path):
     pointer = publish(s3_env, bundles_dir / EMBEDDER)
     assert embed()[0] == 200

@@ -1,7 +1,7 @@
 """The Jobs table: job and chunk records, and every job transition as one conditional write.
 
 Layout (infra/resources.py "Jobs"): a job is ``pk=JOB#<id>, sk=JOB`` (``kind="job"`` and
-``created_at`` feed the ``by_created`` index); each finished chunk is ``pk=JOB#<id>,
+``created_at`` feed the ``by_created`` index, ``owner`` + ``created_at`` the ``by_owner`` one); each finished chunk is ``pk=JOB#<id>,
 sk=CHUNK#<n>``. A chunk is counted into the job in the same transaction that creates its record,
 so a retried chunk can never be counted twice. Each intent method below names one transition of
 ``functions.core.batch.job.Status`` and hides its condition: it returns the new job, or None
@@ -84,16 +84,25 @@ class JobStore:
         return Job.model_validate(_from_item(item)) if item else None
 
     def recent(self, *, limit: int, owner: str | None = None, with_unowned: bool = False) -> list[Job]:
-        """Newest jobs first (the by_created index); with ``owner``, only that owner's (+ unowned ones)."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table, "IndexName": "by_created",
-            "KeyConditionExpression": "kind = :k", "ScanIndexForward": False,
-            "ExpressionAttributeValues": {":k": {"S": KIND}},
-        }
-        if owner is not None:
-            kwargs["FilterExpression"] = ("attribute_not_exists(#o) OR #o = :o" if with_unowned else "#o = :o")
-            kwargs["ExpressionAttributeNames"] = {"#o": "owner"}
-            kwargs["ExpressionAttributeValues"][":o"] = {"S": owner}
+        """Newest jobs first. With ``owner``: that owner's, read from the by_owner index (no other
+        tenant's record is read), plus, with ``with_unowned``, the jobs dropped into the bucket."""
+        if owner is None:
+            return self._query(limit, "by_created", "kind = :k", {":k": {"S": KIND}})
+        mine = self._query(limit, "by_owner", "#o = :o", {":o": {"S": owner}}, names={"#o": "owner"})
+        if not with_unowned:
+            return mine
+        unowned = self._query(limit, "by_created", "kind = :k", {":k": {"S": KIND}},
+                              names={"#o": "owner"}, where="attribute_not_exists(#o)")
+        return sorted(mine + unowned, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def _query(self, limit: int, index: str, key: str, values: dict[str, Any], *,
+               names: dict[str, str] | None = None, where: str | None = None) -> list[Job]:
+        kwargs: dict[str, Any] = {"TableName": self.table, "IndexName": index, "KeyConditionExpression": key,
+                                  "ScanIndexForward": False, "ExpressionAttributeValues": values}
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if where:
+            kwargs["FilterExpression"] = where
         out: list[Job] = []
         for page in client("dynamodb").get_paginator("query").paginate(**kwargs):
             out.extend(Job.model_validate(_from_item(i)) for i in page.get("Items", []))

@@ -45,6 +45,12 @@ class CircuitBreaker:
         if self._state == "open" and self._clock() - self._opened_at >= self._open_for:
             self._state, self._probing = "half_open", False
 
+    @property
+    def consecutive_failures(self) -> int:
+        """Failures counted since the last success (what opens the breaker at ``failures``)."""
+        with self._lock:
+            return self._count
+
     def retry_after(self) -> int:
         with self._lock:
             left = self._open_for - (self._clock() - self._opened_at)

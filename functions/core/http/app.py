@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 
 from functions.core.errors import CirrusError, NotFound, to_response
+from functions.core.http.body import caller_key_id
 from functions.core.http.routes.docs import router as docs_router
 from functions.core.http.routes.generation import router as generation_router
 from functions.core.http.routes.jobs import router as jobs_router
@@ -55,6 +56,24 @@ def _bug(err: Exception) -> Response:
     # A real bug: full trace to the log (no request data in it), a bare 500 to the client.
     logger.exception("unhandled error")
     return _error(err)
+
+
+# --- usage per key: ids and counts, never the key or the text ---------------------------------------
+def _meter_usage(resolver: APIGatewayRestResolver, next_middleware) -> Response:
+    resp = next_middleware(resolver)
+    # Bodies are still dicts here (serialised after the middlewares): reading usage costs nothing.
+    usage = resp.body.get("usage") if isinstance(resp.body, dict) else None
+    tokens = usage.get("total_tokens", usage.get("prompt_tokens")) if isinstance(usage, dict) else None
+    logger.info("usage", extra={"key_id": caller_key_id(resolver), "route": resolver.current_event.resource,
+                                "status": resp.status_code, "requests": 1,
+                                "tokens": tokens if isinstance(tokens, int) else 0})
+    metrics.add_metric(name="Requests", unit="Count", value=1)
+    if isinstance(tokens, int):
+        metrics.add_metric(name="Tokens", unit="Count", value=tokens)
+    return resp
+
+
+app.use(middlewares=[_meter_usage])
 
 
 # --- the routes, one router per area --------------------------------------------------------------

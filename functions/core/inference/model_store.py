@@ -67,11 +67,25 @@ class ModelStore:
         self.check_name(name)
         with self._guard:
             lock = self._locks.setdefault(name, threading.Lock())
-        with lock:  # one load per name even under concurrent first requests
-            model = self._models.get(name)
-            if model is None:
-                model = self._models[name] = self._load(name)
+        try:
+            with lock:  # one load per name even under concurrent first requests
+                model = self._models.get(name)
+                if model is None:
+                    model = self._models[name] = self._load(name)
+        except BaseException:
+            # Keep locks only for loaded models: a caller cycling through unknown names (all of them
+            # well-formed, none published) must not grow this dict for the container's lifetime.
+            with self._guard:
+                if name not in self._models:
+                    self._locks.pop(name, None)
+            raise
         return model
+
+    @property
+    def lock_count(self) -> int:
+        """Per-name load locks held (one per loaded model once loads are done)."""
+        with self._guard:
+            return len(self._locks)
 
     def loaded(self) -> dict[str, OnnxModel]:
         return dict(self._models)
