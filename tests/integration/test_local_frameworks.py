@@ -54,6 +54,19 @@ def test_langchain_chat_openai_invoke(local_cirrus):
     assert llm.invoke("Say hello").content == msg.content  # temperature 0: the same reply
 
 
+def test_langchain_chat_openai_stream_is_the_invoke_reply_in_pieces(local_cirrus):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(model=GEN_MODEL, base_url=local_cirrus.url + "/v1", api_key=local_cirrus.key,
+                     max_tokens=12, temperature=0, max_retries=0, stream_usage=True)
+    whole = llm.invoke("Name a colour.")
+    chunks = list(llm.stream("Name a colour."))
+    assert len([c for c in chunks if c.content]) > 1  # token by token, not one buffered piece
+    assert "".join(c.content for c in chunks) == whole.content
+    usage = [c.usage_metadata for c in chunks if c.usage_metadata]
+    assert usage and usage[-1]["output_tokens"] == whole.usage_metadata["output_tokens"]
+
+
 # --- LlamaIndex (OpenAI-compatible classes) -------------------------------------------------------
 def test_llamaindex_openai_like_embedding(local_cirrus, reference):
     from llama_index.embeddings.openai_like import OpenAILikeEmbedding
@@ -71,6 +84,8 @@ def test_llamaindex_openai_like_llm_chat_and_complete(local_cirrus):
     chat = llm.chat([ChatMessage(role="user", content="Say hello")])
     assert isinstance(chat.message.content, str)
     assert llm.complete("Say hello").text == chat.message.content  # complete() goes through chat here
+    streamed = list(llm.stream_chat([ChatMessage(role="user", content="Say hello")]))
+    assert len(streamed) > 1 and streamed[-1].message.content == chat.message.content
 
 
 # --- LiteLLM (openai/ provider) -------------------------------------------------------------------
@@ -95,3 +110,11 @@ def test_litellm_openai_provider_completion(local_cirrus, litellm_module):
                                     max_tokens=8, temperature=0, num_retries=0)
     assert isinstance(out.choices[0].message.content, str)
     assert out.choices[0].finish_reason in ("stop", "length") and 0 < out.usage.completion_tokens <= 8
+
+
+def test_litellm_openai_provider_stream(local_cirrus, litellm_module):
+    kw = dict(model=f"openai/{GEN_MODEL}", api_base=local_cirrus.url + "/v1", api_key=local_cirrus.key,
+              messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, temperature=0, num_retries=0)
+    whole = litellm_module.completion(**kw).choices[0].message.content
+    pieces = [c.choices[0].delta.content or "" for c in litellm_module.completion(stream=True, **kw) if c.choices]
+    assert len([p for p in pieces if p]) > 1 and "".join(pieces) == whole
