@@ -57,6 +57,9 @@ class Settings(BaseModel):
     batch_size: int = 32
     # --- batch jobs (functions/core/batch) ---
     batch_chunk_lines: int = Field(1_000, ge=1)          # input lines per work message
+    # Chat lines generate up to light_max_tokens each (~40 tokens/s per line on one vCPU): a chunk of
+    # 8 stays well inside the worker's timeout.
+    batch_chat_chunk_lines: int = Field(8, ge=1)
     batch_chunk_bytes: int = Field(4_000_000, ge=1024)   # ...or fewer, so one chunk stays small
     batch_max_file_bytes: int = Field(256 * 1024 * 1024, ge=1)
     batch_max_line_bytes: int = Field(100_000, ge=64)

@@ -79,9 +79,51 @@ def test_a_bad_line_refuses_the_batch_naming_the_line(client):
     with pytest.raises(openai.BadRequestError) as err:
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
     assert "line 2" in err.value.body["message"] and "duplicate custom_id" in err.value.body["message"]
-    with pytest.raises(openai.UnprocessableEntityError) as chat:
+    with pytest.raises(openai.BadRequestError) as chat:  # embeddings lines are not chat requests
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
-    assert chat.value.body["param"] == "endpoint"
+    assert "line 1" in chat.value.body["message"] and chat.value.body["code"] == "invalid_batch_line"
+    with pytest.raises(openai.UnprocessableEntityError) as other:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h")
+    assert other.value.body["param"] == "endpoint"
+
+
+GEN_MODEL = "smollm2-135m-instruct"  # the dev stage's light chat model
+
+
+def test_chat_completion_batches_answer_as_the_api_does(client):
+    ask = lambda q, **kw: {"model": GEN_MODEL, "messages": [{"role": "user", "content": q}],  # noqa: E731
+                           "max_tokens": 8, "temperature": 0, **kw}
+    rows = [_request(f"q{i}", ask(q), url="/v1/chat/completions")
+            for i, q in enumerate(["What is the capital of France?", "Name a colour.", "Say hello.",
+                                   "What is 2 + 2?", "Name a fruit.", "Say goodbye.", "Name an animal.",
+                                   "What is the opposite of hot?", "Name a month."])]  # 9: two chunks of 8 + 1
+    rows.append(_request("too-long", ask("x", max_tokens=100_000), url="/v1/chat/completions"))
+    uploaded = client.files.create(file=("chat.jsonl", io.BytesIO(_jsonl(rows))), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    done = _wait(client, batch.id, timeout=240)
+    assert done.status == "completed", done
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (10, 9, 1)
+    out = {o["custom_id"]: o for o in map(json.loads, client.files.content(done.output_file_id).text.splitlines())}
+    assert sorted(out) == sorted(f"q{i}" for i in range(9))
+    for row in rows[:3]:  # the same answer as the API's (temperature 0)
+        body = out[row["custom_id"]]["response"]["body"]
+        direct = client.chat.completions.create(**row["body"])
+        assert body["object"] == "chat.completion" and body["model"] == GEN_MODEL
+        assert body["choices"][0]["message"]["content"] == direct.choices[0].message.content
+        assert body["usage"]["completion_tokens"] == direct.usage.completion_tokens
+    (err,) = map(json.loads, client.files.content(done.error_file_id).text.splitlines())
+    assert err["custom_id"] == "too-long" and err["error"]["code"] == "over_token_budget"
+
+
+def test_a_streamed_or_malformed_chat_request_refuses_the_batch(client):
+    for body, words in (({"model": GEN_MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": True},
+                         "body.stream"),
+                        ({"model": GEN_MODEL, "messages": "hi"}, "body.messages")):
+        uploaded = client.files.create(file=("c.jsonl", io.BytesIO(_jsonl([_request("a", body, "/v1/chat/completions")]))),
+                                       purpose="batch")
+        with pytest.raises(openai.BadRequestError) as err:
+            client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+        assert "line 1" in err.value.body["message"] and words in err.value.body["message"]
 
 
 def test_batches_and_files_are_visible_only_to_their_key(client, local_cirrus):

@@ -19,6 +19,23 @@ def test_valid_line_takes_file_defaults_and_keeps_its_id():
     assert got == LineInput(7, "hello", "dflt", "embed", "a1")
 
 
+def test_a_chat_line_carries_its_request_body_and_needs_no_input():
+    got = parse(b'{"id": 1, "body": {"messages": []}}', model="gen", task="chat")
+    assert got == LineInput(7, "", "gen", "chat", 1, body={"messages": []})
+    assert parse(b'{"body": {"messages": []}}', model="gen").task == "chat"   # a body makes it a chat line
+
+
+@pytest.mark.parametrize("raw, task, code", [
+    (b'{"body": {}}', "embed", "invalid_value"),                 # body is for chat lines only
+    (b'{"body": {}, "input": "x"}', None, "invalid_value"),      # one or the other
+    (b'{"id": 2}', "chat", "missing_field"),
+    (b'{"body": "hi"}', "chat", "wrong_type"),
+])
+def test_malformed_chat_lines_are_line_errors(raw, task, code):
+    got = parse(raw, task=task)
+    assert isinstance(got, LineError) and got.code == code
+
+
 def test_line_fields_override_file_defaults():
     got = parse(b'{"input": "x", "model": "other", "task": "classify", "id": 3}', model="dflt", task="embed")
     assert (got.model, got.task, got.id) == ("other", "classify", 3)

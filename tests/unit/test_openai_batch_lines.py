@@ -20,7 +20,7 @@ def _line(**over) -> bytes:
     (b"[1]", "JSON object"),
     (_line(custom_id=""), "custom_id"),
     (_line(method="GET"), "method must be POST"),
-    (_line(url="/v1/chat/completions"), "url must be"),
+    (_line(url="/v1/chat/completions"), "url must be"),   # not the batch's endpoint
     (_line(extra=1), "unknown field"),
     (_line(body={"model": "m", "input": []}), "body.input"),
     (_line(body={"model": "m", "input": "x", "dimensions": 384}), "dimensions"),
@@ -57,3 +57,31 @@ def test_a_request_with_one_failed_input_is_one_error_line_and_no_output_line():
     (err,) = [json.loads(x) for x in ol.error_lines("batch_x", failed)]
     assert err["custom_id"] == "r" and err["error"] == {"code": "input_too_long", "message": "long"}
     assert err["response"]["status_code"] == 400
+
+
+def _chat_line(**body) -> bytes:
+    return _line(url=ol.CHAT, body={"model": "g", "messages": [{"role": "user", "content": "hi"}], **body})
+
+
+def test_a_chat_request_is_one_pipeline_chat_line_and_its_response_comes_back_as_the_body():
+    req = ol.parse_request(3, _chat_line(max_tokens=5, temperature=0), ol.CHAT, "default")
+    (line,) = [json.loads(x) for x in ol.pipeline_lines(req)]
+    assert (line["model"], line["task"]) == ("g", "chat") and "input" not in line
+    assert line["body"] == {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0}
+    answer = {"object": "chat.completion", "model": "g", "choices": [{"index": 0, "message": {"role": "assistant",
+              "content": "hello"}, "finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}
+    result = json.dumps({"line": 1, "id": line["id"], "model": "g", "response": answer}).encode()
+    (out,) = [json.loads(x) for x in ol.output_lines("batch_x", [result], {})]
+    assert out["custom_id"] == "a" and out["response"]["body"] == answer
+
+
+@pytest.mark.parametrize(("raw", "why"), [
+    (_chat_line(stream=True), "body.stream"),
+    (_chat_line(max_tokens=0), "body.max_tokens"),
+    (_line(url=ol.CHAT, body={"model": "g", "input": "hi"}), "body.messages"),
+    (_line(url=ol.CHAT, body={"messages": [{"role": "user", "content": "hi"}]}), "body.model"),
+])
+def test_bad_chat_requests_are_refused_naming_the_field(raw, why):
+    with pytest.raises(ol.BadLine) as err:
+        ol.parse_request(2, raw, ol.CHAT, "default")
+    assert str(err.value).startswith("line 2:") and why in str(err.value)

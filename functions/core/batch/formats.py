@@ -5,6 +5,7 @@ Input file (JSONL, UTF-8, one JSON object per line)::
     {"defaults": {"model": "cirrus-intent-minilm", "task": "classify"}}   <- optional, line 1 only
     {"id": "a1", "input": "where is my parcel?"}
     {"input": "refund please", "model": "cirrus-intent-minilm"}
+    {"task": "chat", "model": "smollm2-135m-instruct", "body": {"messages": [...], "max_tokens": 64}}
 
 Every input line yields exactly one result line or one error line; both carry the physical line
 number of the file (1-based, the header counts) and the line's ``id`` when it had one.
@@ -19,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from functions.core.batch.job import Defaults, Task
 
-TASKS: tuple[str, ...] = ("embed", "classify")
+TASKS: tuple[str, ...] = ("embed", "classify", "chat")
 # The manifest task a batch task needs (functions/core/inference/manifest.py).
-MANIFEST_TASK = {"embed": "feature-extraction", "classify": "text-classification"}
+MANIFEST_TASK = {"embed": "feature-extraction", "classify": "text-classification", "chat": "text-generation"}
 TASK_FOR_MANIFEST = {v: k for k, v in MANIFEST_TASK.items()}
 
 
@@ -33,7 +34,7 @@ def resolve_task(manifest_task: str, requested: str | None) -> str | None:
         return None
     return requested or own
 
-LINE_FIELDS = frozenset({"id", "input", "model", "task"})
+LINE_FIELDS = frozenset({"id", "input", "model", "task", "body"})
 
 
 class ChunkMessage(BaseModel):
@@ -78,6 +79,7 @@ class LineInput:
     model: str
     task: str | None
     id: str | int | None = None
+    body: dict[str, Any] | None = None   # task chat: the chat completion request (without stream)
 
 
 def parse_header(raw: bytes) -> Defaults | None:
@@ -123,6 +125,14 @@ def parse_line(line_no: int, raw: bytes, *, model: str, task: str | None,
     unknown = sorted(set(obj) - LINE_FIELDS)
     if unknown:
         return LineError(line_no, "unknown_field", f"unknown field(s): {', '.join(unknown)}", line_id)
+    line_task = obj.get("task", task)
+    if line_task is not None and line_task not in TASKS:
+        return LineError(line_no, "invalid_value", f"'task' must be one of {', '.join(TASKS)}", line_id)
+    line_model = obj.get("model", model)
+    if not isinstance(line_model, str) or not line_model:
+        return LineError(line_no, "wrong_type", "'model' must be a non-empty string", line_id)
+    if "body" in obj or line_task == "chat":
+        return _chat_line(line_no, obj, line_model, line_task, line_id)
     if "input" not in obj:
         return LineError(line_no, "missing_field", "missing required field 'input'", line_id)
     value = obj["input"]
@@ -133,13 +143,20 @@ def parse_line(line_no: int, raw: bytes, *, model: str, task: str | None,
     if len(value) > max_chars:
         return LineError(line_no, "input_too_long",
                          f"'input' has {len(value)} characters, the limit is {max_chars}", line_id)
-    line_model = obj.get("model", model)
-    if not isinstance(line_model, str) or not line_model:
-        return LineError(line_no, "wrong_type", "'model' must be a non-empty string", line_id)
-    line_task = obj.get("task", task)
-    if line_task is not None and line_task not in TASKS:
-        return LineError(line_no, "invalid_value", f"'task' must be one of {', '.join(TASKS)}", line_id)
     return LineInput(line_no, value, line_model, line_task, line_id)
+
+
+def _chat_line(line_no: int, obj: dict, model: str, task: str | None, line_id: Any) -> LineInput | LineError:
+    """A chat line: a ``body`` object (the request, validated by the worker with the generation schema)."""
+    if task not in (None, "chat"):
+        return LineError(line_no, "invalid_value", f"'body' is for task chat, not {task}", line_id)
+    if "input" in obj:
+        return LineError(line_no, "invalid_value", "a chat line has 'body' (with messages), not 'input'", line_id)
+    body = obj.get("body")
+    if not isinstance(body, dict):
+        return LineError(line_no, "missing_field" if body is None else "wrong_type",
+                         "a chat line needs 'body': a chat completion request object", line_id)
+    return LineInput(line_no, "", model, "chat", line_id, body=body)
 
 
 def _json_type(value: Any) -> str:

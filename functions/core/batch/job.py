@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX, JOBS_OUTPUT_PREFIX, JOBS_WORK_PREFIX
 
-Task = Literal["embed", "classify"]
+Task = Literal["embed", "classify", "chat"]
 JOB_ID = re.compile(r"^job_[0-9a-f]{24}$")
 
 

@@ -270,7 +270,7 @@ def create_batch(req: CreateBatch, settings: Settings, *, owner: str | None) -> 
     """Validate and convert the input file, then start its pipeline job."""
     if req.endpoint not in openai_lines.ENDPOINTS:
         raise ValidationFailed(f"endpoint {req.endpoint[:64]!r} is not supported for batches; supported: "
-                               f"{', '.join(openai_lines.ENDPOINTS)} (chat completion batches: not yet)",
+                               f"{', '.join(openai_lines.ENDPOINTS)}",
                                param="endpoint", code="unsupported_endpoint")
     bucket = _bucket(settings)
     if not FILE_ID.match(req.input_file_id) or FILE_ID.match(req.input_file_id).group(2):  # type: ignore[union-attr]
@@ -284,14 +284,17 @@ def create_batch(req: CreateBatch, settings: Settings, *, owner: str | None) -> 
         if found is None:
             raise ValidationFailed("the input file has no content yet (upload pending)", param="input_file_id",
                                    code="file_not_ready")
-        requests = _convert(bucket, _content_key(req.input_file_id), found[1], staged, req.endpoint, settings)
+        requests, first_model = _convert(bucket, _content_key(req.input_file_id), found[1], staged, req.endpoint,
+                                         settings)
         record = {"id": batch_id, "job_id": job_id, "input_file_id": meta["id"], "endpoint": req.endpoint,
                   "completion_window": req.completion_window, "metadata": req.metadata,
                   "created_at": int(time.time()), "owner": owner, "requests": requests}
         _put_json(bucket, _batch_key(batch_id), record)
         store = job_store()
+        task = "chat" if req.endpoint == openai_lines.CHAT else "embed"
         job = store.new_job(job_id, status=Status.AWAITING_UPLOAD, input_bucket=bucket, input_key=input_key(job_id),
-                            model=None, task="embed", owner=owner, defaults=Defaults(task="embed"))
+                            model=None, task=task, owner=owner,
+                            defaults=Defaults(task=task, model=first_model if task == "chat" else None))
         store.create(job)
         # One copy into jobs/input/: one S3 event, after the job record exists (the splitter claims it).
         s3.copy(bucket, staged, input_key(job_id))
@@ -299,9 +302,11 @@ def create_batch(req: CreateBatch, settings: Settings, *, owner: str | None) -> 
     return _batch_view(record, job)
 
 
-def _convert(bucket: str, key: str, etag: str, dest: str, endpoint: str, settings: Settings) -> int:
-    """OpenAI batch lines -> pipeline lines at ``dest``; 400 naming the first bad line (nothing started)."""
+def _convert(bucket: str, key: str, etag: str, dest: str, endpoint: str, settings: Settings) -> tuple[int, str]:
+    """OpenAI batch lines -> pipeline lines at ``dest``; 400 naming the first bad line (nothing started).
+    Returns the number of requests and the first request's model (a chat job's default)."""
     seen: set[str] = set()
+    first_model = ""
     try:
         with StreamWriter(bucket, dest) as out:
             number = 0
@@ -315,6 +320,7 @@ def _convert(bucket: str, key: str, etag: str, dest: str, endpoint: str, setting
                 if req.custom_id in seen:
                     raise openai_lines.BadLine(number, f"duplicate custom_id {req.custom_id[:64]!r}")
                 seen.add(req.custom_id)
+                first_model = first_model or req.model
                 if len(seen) > openai_lines.MAX_REQUESTS:
                     raise openai_lines.BadLine(number, f"more than {openai_lines.MAX_REQUESTS} requests")
                 for line in openai_lines.pipeline_lines(req):
@@ -323,7 +329,7 @@ def _convert(bucket: str, key: str, etag: str, dest: str, endpoint: str, setting
         raise BadRequest(f"input file {exc}", param="input_file_id", code="invalid_batch_line") from None
     if not seen:
         raise BadRequest("the input file holds no requests", param="input_file_id", code="invalid_batch_line")
-    return len(seen)
+    return len(seen), first_model
 
 
 def get_batch(batch_id: str, settings: Settings, *, caller: str | None) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """OpenAI batch files <-> the pipeline's line formats (docs/batch.md, docs/openai-batch.md).
 
 Input: OpenAI's batch input JSONL (``{"custom_id", "method": "POST", "url": "/v1/embeddings", "body"}``)
-becomes pipeline input lines, one per text; each line's ``id`` carries the request it belongs to
-(``[custom_id, index, count, encoding_format]``, JSON). Output: the pipeline's results and errors
-files become OpenAI's batch output and error files, one line per request: a request is a result
-only if every one of its texts succeeded.
+becomes pipeline input lines: an embeddings request one line per text, a chat completion request
+one ``task: chat`` line holding its body; each line's ``id`` carries the request it belongs to
+(``[custom_id, index, count, encoding_format]``, JSON; ``"chat"`` in place of the encoding).
+Output: the pipeline's results and errors files become OpenAI's batch output and error files, one
+line per request: a request is a result only if every one of its lines succeeded.
 """
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from functions.core.generation.schemas import ChatCompletionRequest
 from functions.core.light.schemas import EmbeddingsRequest
 
-ENDPOINTS = ("/v1/embeddings",)
+CHAT = "/v1/chat/completions"
+ENDPOINTS = ("/v1/embeddings", CHAT)
 MAX_REQUESTS = 50_000  # per batch file, as in the OpenAI Batch API
 
 
@@ -37,7 +40,8 @@ class Request:
     custom_id: str
     model: str
     texts: list[str]
-    encoding: str
+    encoding: str                      # "float" / "base64"; "chat" for a chat completion request
+    body: dict[str, Any] | None = None  # a chat request's body (the pipeline's chat line)
 
 
 def parse_request(line_no: int, raw: bytes, endpoint: str, default_model: str) -> Request:
@@ -57,18 +61,41 @@ def parse_request(line_no: int, raw: bytes, endpoint: str, default_model: str) -
         raise BadLine(line_no, "method must be POST")
     if obj.get("url") != endpoint:
         raise BadLine(line_no, f"url must be the batch's endpoint {endpoint}")
+    if endpoint == CHAT:
+        return _chat_request(line_no, cid, obj.get("body"))
     try:
         body = EmbeddingsRequest.model_validate(obj.get("body"))
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadLine(line_no, f"body.{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise BadLine(line_no, _first(exc)) from None
     if body.dimensions is not None:
         raise BadLine(line_no, "body.dimensions is not supported in batches (the native size is returned)")
     return Request(cid, body.model or default_model, body.texts(), body.encoding_format)
 
 
+def _first(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"body.{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def _chat_request(line_no: int, cid: str, body: Any) -> Request:
+    """Checked here with the API's own schema, so a malformed request refuses the batch up front."""
+    try:
+        req = ChatCompletionRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadLine(line_no, _first(exc)) from None
+    if req.stream:
+        raise BadLine(line_no, "body.stream: batch answers are not streamed")
+    assert isinstance(body, dict)
+    return Request(cid, req.model, [], "chat", {k: v for k, v in body.items() if k != "model"})
+
+
 def pipeline_lines(req: Request) -> Iterator[bytes]:
+    if req.body is not None:
+        line_id = json.dumps([req.custom_id, 0, 1, "chat"], separators=(",", ":"))
+        yield (json.dumps({"id": line_id, "model": req.model, "task": "chat", "body": req.body},
+                          ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+        return
     for i, text in enumerate(req.texts):
         line_id = json.dumps([req.custom_id, i, len(req.texts), req.encoding], separators=(",", ":"))
         yield (json.dumps({"id": line_id, "input": text, "model": req.model, "task": "embed"},
@@ -105,7 +132,7 @@ def failed_requests(error_lines: Iterable[bytes]) -> dict[str, dict[str, str]]:
 
 
 def output_lines(batch_id: str, result_lines: Iterable[bytes], failed: dict[str, dict[str, str]]) -> Iterator[bytes]:
-    """OpenAI batch output lines for the requests whose texts all succeeded (results are in input order)."""
+    """OpenAI batch output lines for the requests whose lines all succeeded (results are in input order)."""
     group: list[dict] = []
 
     def flush() -> Iterator[bytes]:
@@ -114,11 +141,10 @@ def output_lines(batch_id: str, result_lines: Iterable[bytes], failed: dict[str,
         cid, _, n, enc = _owner(group[0]["id"])  # type: ignore[misc]
         if cid in failed or len(group) != n:
             return
-        tokens = sum(int(r.get("tokens", 0)) for r in group)
-        body = {"object": "list", "model": group[0]["model"],
-                "data": [{"object": "embedding", "index": i, "embedding": _vector(r["embedding"], enc)}
-                         for i, r in enumerate(group)],
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        if enc == "chat":
+            body = group[0]["response"]
+        else:
+            body = _embeddings_body(group, enc)
         line = {"id": _request_id(batch_id, cid), "custom_id": cid,
                 "response": {"status_code": 200, "request_id": _request_id(batch_id, cid), "body": body},
                 "error": None}
@@ -134,6 +160,14 @@ def output_lines(batch_id: str, result_lines: Iterable[bytes], failed: dict[str,
             group = []
         group.append(row)
     yield from flush()
+
+
+def _embeddings_body(group: list[dict], enc: str) -> dict[str, Any]:
+    tokens = sum(int(r.get("tokens", 0)) for r in group)
+    return {"object": "list", "model": group[0]["model"],
+            "data": [{"object": "embedding", "index": i, "embedding": _vector(r["embedding"], enc)}
+                     for i, r in enumerate(group)],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
 
 def error_lines(batch_id: str, failed: dict[str, dict[str, str]]) -> Iterator[bytes]:

@@ -165,7 +165,8 @@ def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[t
                 start, first = offset, line_no
             count += 1
             offset += size
-            if count >= settings.batch_chunk_lines or offset - start >= settings.batch_chunk_bytes:
+            per_chunk = settings.batch_chat_chunk_lines if defaults.task == "chat" else settings.batch_chunk_lines
+            if count >= per_chunk or offset - start >= settings.batch_chunk_bytes:
                 chunks.append((start, offset, first, count))
                 count = 0
     except ObjectChanged as exc:
@@ -190,7 +191,7 @@ def resolve_defaults(defaults: Defaults, settings: Settings) -> tuple[str, str |
     task = resolve_task(info.manifest.task, defaults.task)
     if task is None and info.manifest.task not in TASK_FOR_MANIFEST:
         raise JobRejected("unsupported_task", f"model '{name}' is a {info.manifest.task} model; "
-                                              f"batch jobs run embed or classify")
+                                              f"batch jobs run embed, classify or chat")
     if task is None:
         raise JobRejected("model_task_mismatch", f"model '{name}' cannot {defaults.task}")
     return name, task

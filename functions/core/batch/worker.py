@@ -12,12 +12,16 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from pydantic import ValidationError
+
 from functions.core.batch.finalise import try_finalise
 from functions.core.batch.formats import ChunkMessage, LineError, LineInput, parse_line, resolve_task, too_long
 from functions.core.batch.job import Status, work_key
 from functions.core.batch.job_store import job_store
 from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
-from functions.core.errors import ModelNotFound
+from functions.core.errors import CirrusError, ModelNotFound
+from functions.core.generation.schemas import ChatCompletionRequest
+from functions.core.generation.service import answer_light
 from functions.core.inference.encoder import ranked_labels
 from functions.core.inference.model_store import get_model
 from functions.core.observability import logger, metrics
@@ -140,6 +144,11 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
         return fail_all("model_task_mismatch",
                         f"model '{model_name}' is a {model.manifest.task} model, it cannot {task or 'embed'}")
     task = resolved
+    if task == "chat":
+        out.models.add(f"{model.name}@{model.version}")
+        for i, item in zip(idx, items):
+            outcome[i] = _chat(item, model_name, settings)
+        return
     texts = [item.text for item in items]
     keep = list(range(len(items)))
     if settings.token_overflow == "reject":
@@ -156,6 +165,33 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
         probs, _ = model.classify(texts)
         for k, row in zip(keep, probs):
             outcome[idx[k]] = _result(items[k], model_name, **ranked_labels(row, model.manifest.labels))
+
+
+def _chat(item: LineInput, model_name: str, settings: Settings) -> str | LineError:
+    """One chat line answered as the API's light route answers it; the request's faults are its error."""
+    if item.body is None:
+        return LineError(item.line, "missing_field", f"model '{model_name}' generates text: a chat line needs "
+                                                     "'body' (a chat completion request), not 'input'", item.id)
+    try:
+        req = ChatCompletionRequest.model_validate({**item.body, "model": model_name})
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        return LineError(item.line, "invalid_value", f"body.{where}: {first['msg'].removeprefix('Value error, ')}",
+                         item.id)
+    if req.stream:
+        return LineError(item.line, "invalid_value", "body.stream: a batch answer is not streamed", item.id)
+    if req.budget(settings.generation_default_max_tokens) > settings.light_max_tokens:
+        return LineError(item.line, "over_token_budget", f"max_tokens is above the {settings.light_max_tokens} "
+                                                         "tokens a batch chat line may generate", item.id)
+    try:
+        answer = answer_light(req, settings)
+    except CirrusError as err:
+        if err.status >= 500:  # the model could not run (e.g. a bundle load): retried with the chunk
+            raise
+        # The request's own fault: its prompt is over the context window, a field light cannot honour...
+        return LineError(item.line, err.code or "invalid_request", err.message, item.id)
+    return _result(item, model_name, response=answer.body)
 
 
 def _within_context(model, texts: list[str], items: list[LineInput], idx: list[int], outcome: list) -> list[int]:

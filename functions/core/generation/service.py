@@ -58,7 +58,7 @@ def generate(req: Request, settings: Settings, *, want_async: bool = False,
     started = time.perf_counter()
     job_path = None
     if decision.route == "light":
-        result = _light(req, settings)
+        result = answer_light(req, settings)
     elif decision.route == "heavy":
         result = _heavy(req, settings)
     else:
@@ -87,7 +87,8 @@ def _refuse(fields: list[str], route: str, other: str, model: str) -> None:
                                code="unsupported_on_route")
 
 
-def _light(req: Request, settings: Settings) -> Result:
+def answer_light(req: Request, settings: Settings) -> Result:
+    """The answer of this container's ONNX bundle (the API's light route, and batch chat lines)."""
     _refuse(req.light_refusals(), "light (ONNX on Lambda)", "heavy route (a model served by the GPU endpoint)",
             req.model)
     model = get_model(req.model)
