@@ -75,8 +75,13 @@ def resolve_source(source: str, revision: str | None = None, *, work_dir: Path |
         raise ExportError(f"model directory not found: {source}")
     try:
         from huggingface_hub import snapshot_download
+        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
-        local = Path(snapshot_download(source, revision=revision))
+        # The hub client draws one byte-progress bar per file (size, speed, time left) on stderr;
+        # --quiet silences them with the stage lines.
+        (disable_progress_bars if progress.quiet else enable_progress_bars)()
+        with progress.stage("download", f"{source}@{revision or 'main'} from the Hugging Face hub"):
+            local = Path(snapshot_download(source, revision=revision))
     except Exception as exc:  # any hub failure (offline, 404, auth) is one line for the user
         raise ExportError(f"cannot fetch {source!r} from the Hugging Face hub: "
                           f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None

@@ -96,3 +96,31 @@ def test_every_verb_has_help():
         assert "--json" in text and "usage:" in text, name
     proc = cli("build-defaults", "--help")
     assert proc.returncode == 0 and "--out" in proc.stdout
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_a_hub_download_is_a_progress_stage_with_the_hub_bars_unless_quiet(tmp_path, monkeypatch, capsys, quiet):
+    import huggingface_hub
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from model_export.pipeline import resolve_source
+    from model_export.progress import Progress
+
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    (snap / "config.json").write_text("{}")
+    seen = {}
+
+    def fake_download(repo_id, revision=None):
+        seen["bars_off"] = are_progress_bars_disabled()
+        return str(snap)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    path, source = resolve_source("org/model", "abc123", progress=Progress(quiet=quiet))
+    assert path == snap and source["id"] == "org/model" and source["revision"] == "abc123"
+    assert seen["bars_off"] is quiet
+    err = capsys.readouterr().err
+    if quiet:
+        assert err == ""
+    else:
+        assert "[download] start org/model@abc123 from the Hugging Face hub" in err and "[download] done in" in err
