@@ -111,7 +111,7 @@ def banner(st, cfg: LocalConfig) -> str:
         "",
         f"  API        {url}   (OpenAI-compatible: /v1/embeddings, /v1/classify, /v1/models, /health"
         + (", /v1/chat/completions" if "text-generation" in st.tasks.values() else "")
-        + (", /v1/jobs" if st.batch else "") + ")",
+        + (", /v1/jobs, /v1/files, /v1/batches" if st.batch else "") + "; API page: /docs)",
         f"  API key    {key}",
         "             (shown once; more: python -m local keys create --name NAME)",
         f"  Models     {models}",
@@ -134,11 +134,19 @@ def banner(st, cfg: LocalConfig) -> str:
         "  out = client.embeddings.create(model=\"all-minilm-l6-v2\", input=[\"hello\", \"world\"])",
         "  print(len(out.data), len(out.data[0].embedding))",
     ]
-    gen = [m for m, task in st.tasks.items() if task == "text-generation"]
-    for model in gen + ([st.heavy_model] if st.heavy_url else []):
-        lines.append(f"  chat = client.chat.completions.create(model=\"{model}\", max_tokens=16, "
-                     "messages=[{\"role\": \"user\", \"content\": \"Hello\"}])")
-        lines.append("  print(chat.choices[0].message.content)   # an untrained demo model: random words")
+    # The real chat model first (cirrus-tiny-gpt2 is a random-weight test fixture: its words mean nothing).
+    gen = sorted((m for m, task in st.tasks.items() if task == "text-generation"), key=lambda m: "tiny" in m)
+    if gen or st.heavy_url:
+        lines.append("  ask = [{\"role\": \"user\", \"content\": \"What is the capital of France?\"}]")
+    if gen:
+        lines += [f"  chat = client.chat.completions.create(model=\"{gen[0]}\", max_tokens=32, messages=ask, temperature=0)",
+                  "  print(chat.choices[0].message.content)",
+                  f"  for chunk in client.chat.completions.create(model=\"{gen[0]}\", messages=ask, temperature=0, stream=True):",
+                  "      print(chunk.choices[0].delta.content or \"\", end=\"\", flush=True)"]
+    if st.heavy_url:
+        lines += [f"  chat = client.chat.completions.create(model=\"{st.heavy_model}\", max_tokens=32, messages=ask, temperature=0)"
+                  "   # the GPU route (a stand-in here)",
+                  "  print(chat.choices[0].message.content)"]
     lines += ["  EOF"]
     if st.batch:
         lines += [
