@@ -19,7 +19,7 @@ from functions.core.batch.job_store import job_store
 from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
 from functions.core.errors import ModelNotFound
 from functions.core.inference.encoder import ranked_labels
-from functions.core.inference.model_store import get_model
+from functions.core.inference.model_store import get_model, store as model_store
 from functions.core.observability import logger, metrics
 from functions.core.settings import Settings, get_settings
 
@@ -131,15 +131,21 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
         for i, item in zip(idx, items):
             outcome[i] = LineError(item.line, code, message, item.id)
 
+    # What the model is comes from its manifest before anything is loaded: a line naming a generator
+    # (or an embedder asked to classify) must not make this worker download and build its session.
     try:
-        model = get_model(model_name)  # ModelUnavailable/BundleError propagate: transient, retried
+        manifest = model_store().manifest(model_name)  # ModelUnavailable/BundleError: transient, retried
     except ModelNotFound:
         return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
-    resolved = resolve_task(model.manifest.task, task)
+    resolved = resolve_task(manifest.task, task)
     if resolved is None:
         return fail_all("model_task_mismatch",
-                        f"model '{model_name}' is a {model.manifest.task} model, it cannot {task or 'embed'}")
+                        f"model '{model_name}' is a {manifest.task} model, it cannot {task or 'embed'}")
     task = resolved
+    try:
+        model = get_model(model_name)
+    except ModelNotFound:  # unpublished between the two reads
+        return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
     texts = [item.text for item in items]
     keep = list(range(len(items)))
     if settings.token_overflow == "reject":
