@@ -106,7 +106,8 @@ def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
     stem = api_job_id(ref.key)
     if stem is not None:
         # Upload for a job made by POST /v1/jobs: take over its waiting record (once).
-        if store.claim_upload(stem, etag=ref.etag, size=ref.size, token=token, uploaded_at=ref.created_at) is not None:
+        claimed = store.claim_upload(stem, etag=ref.etag, size=ref.size, token=token, uploaded_at=ref.created_at)
+        if claimed is not None:
             return stem
         existing = store.get(stem)
         if existing is not None:
