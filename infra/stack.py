@@ -87,6 +87,7 @@ class CirrusStack(Stack):
             self._grant_s3(api, data, JOBS_GENERATION_PREFIX, "read")
         self._grant_table(authorizer, tables["ApiKeys"], "read")
         self._grant_s3(splitter, artifacts, models, "read")  # unknown models end the job with a clear error
+        self._grant_s3(splitter, data, jobs_in, "delete")    # rejected inputs (too large, late) and their versions
         batch.queues["Work"].grant_send_messages(splitter)
         # Splitter (empty/invalid files finalise at once), worker (chunks + last-chunk finalise) and
         # the DLQ handler (marks a job, finalises what is left) share the job's S3 + table footprint.
@@ -128,7 +129,8 @@ class CirrusStack(Stack):
         return self.resolve(self.get_logical_id(cfn_parent.node.default_child))
 
     def _grant_s3(self, fn: lambda_.Function, bucket: s3.Bucket, prefix: str, mode: str) -> None:
-        {"read": bucket.grant_read, "put": bucket.grant_put, "read_write": bucket.grant_read_write}[mode](fn, f"{prefix}*")
+        {"read": bucket.grant_read, "put": bucket.grant_put, "read_write": bucket.grant_read_write,
+         "delete": bucket.grant_delete}[mode](fn, f"{prefix}*")
         findings = {f"Resource::<{self._lid(bucket)}.Arn>/{prefix}*":
                     f"S3 access limited to the {prefix} prefix of this bucket."}
         for action in _S3_GRANT_WILDCARDS[mode]:
@@ -156,6 +158,7 @@ class CirrusStack(Stack):
 _S3_GRANT_WILDCARDS = {
     "read": ("s3:GetObject*", "s3:GetBucket*", "s3:List*"),
     "put": ("s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
+    "delete": ("s3:DeleteObject*",),
     "read_write": ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*",
                    "kms:GenerateDataKey*", "kms:ReEncrypt*"),
 }
@@ -163,7 +166,8 @@ _WILDCARD_REASONS = {
     "s3:GetObject*": "CDK grant_read: GetObject and its version/tagging/ACL reads, on a scoped prefix.",
     "s3:GetBucket*": "CDK grant_read: bucket metadata reads needed by the SDK, this bucket only.",
     "s3:List*": "CDK grant_read: listing this bucket (prefix-scoped by the object ARNs).",
-    "s3:DeleteObject*": "CDK grant_read_write: overwrite/cleanup of intermediate chunk objects, scoped prefix.",
+    "s3:DeleteObject*": "CDK grant_read_write/grant_delete: cleanup of chunk objects and rejected inputs "
+                        "(with their versions), scoped prefix.",
     "s3:Abort*": "CDK grant_put: abort this function's own multipart uploads, scoped prefix.",
     "kms:GenerateDataKey*": "Data keys of the one Cirrus KMS key, for SSE-KMS writes (only that key).",
     "kms:ReEncrypt*": "CDK encrypt grant on the one Cirrus KMS key (only that key).",

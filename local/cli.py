@@ -164,6 +164,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                       visibility_timeout_s=args.visibility_timeout,
                       authorizer_cache_ttl_s=args.authorizer_cache_ttl,
                       dev_key_rate=args.dev_key_rate, dev_key_burst=args.dev_key_burst,
+                      batch_max_file_bytes=args.batch_max_file_bytes,
                       models=tuple(m.strip() for m in args.models.split(",") if m.strip()) if args.models else None)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     existing = running_state(cfg.state_dir)
@@ -348,6 +349,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"error: no such file: {path}", file=sys.stderr)
         return 2
+    limit = state.get("batch_max_file_bytes")
+    size = path.stat().st_size
+    if limit and size > limit:
+        # The splitter would refuse it and delete it; say so before uploading it at all.
+        print(f"error: {path} has {size} bytes, the batch file limit is {limit}", file=sys.stderr)
+        return 2
     from local.aws import client
 
     bucket = state["buckets"]["Data"]
@@ -456,6 +463,17 @@ def port(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused before anything starts."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m local",
@@ -487,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--dev-key-burst", type=int, default=None, metavar="B",
                     help="the dev key's own burst (default: the stage's api.key_burst_limit)")
     up.add_argument("--key-file", help="also write the dev API key to this file (mode 600), for scripts")
+    up.add_argument("--batch-max-file-bytes", type=positive_int, default=None, metavar="N",
+                    help="batch input size limit: upload forms and the splitter refuse larger files "
+                         "(default: the functions' CIRRUS_BATCH_MAX_FILE_BYTES default, 256 MiB)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", parents=[common], help="what runs, counters and memory (exit 3 when not running)")

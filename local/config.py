@@ -38,6 +38,7 @@ class LocalConfig:
     dev_key_burst: int | None = None
     heavy: bool = True                      # start the heavy-path stand-in when it is available
     models: tuple[str, ...] | None = None   # default bundles to build/serve (None: all of them)
+    batch_max_file_bytes: int | None = None  # batch input size limit (None: the functions' default)
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def resource_name(self, logical_id: str) -> str:

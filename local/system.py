@@ -92,6 +92,7 @@ class Started:
     heavy_pid: int | None
     heavy_model: str | None
     usage_plan_id: str | None = None
+    batch_max_file_bytes: int | None = None     # what the splitter and upload forms refuse past
     timings_s: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -150,7 +151,8 @@ class LocalSystem:
             url=gateway_url, aws_endpoint_url=prov.endpoint_url, api_key=key, api_key_id=key_id,
             buckets=prov.buckets, tables=prov.tables, queues={k: vars(v) for k, v in prov.queues.items()},
             models=models, tasks={n: _task(p) or "?" for n, p in bundles.items()}, batch=batch, heavy_url=heavy_url, heavy_pid=heavy_pid,
-            heavy_model=self.heavy_model if heavy_url else None, usage_plan_id=self.usage_plan_id, timings_s=timings,
+            heavy_model=self.heavy_model if heavy_url else None, usage_plan_id=self.usage_plan_id,
+            batch_max_file_bytes=_settings().batch_max_file_bytes, timings_s=timings,
             notes=[n for n in (heavy_note, batch_note) if n])
         return self.started
 
@@ -282,6 +284,8 @@ class LocalSystem:
                       max_receive_count=prov.queues["Work"].max_receive_count,
                       # One user: files dropped in the bucket (`submit`) show in GET /v1/jobs for the dev key.
                       batch_unowned_jobs_visible=True)
+        if self.cfg.batch_max_file_bytes is not None:
+            fields["batch_max_file_bytes"] = self.cfg.batch_max_file_bytes
         if heavy_url:
             # Requests for the heavy model (sync and async) reach the stand-in through the production
             # SageMaker runtime client.
@@ -381,6 +385,12 @@ class LocalSystem:
                                           "failed": p.failed, "batch_size": p.batch_size} for p in self.pollers},
             "functions": {n: {"invocations": f.invocations, "errors": f.errors} for n, f in self.functions.items()},
         }
+
+
+def _settings() -> Any:
+    from functions.core.settings import get_settings
+
+    return get_settings()
 
 
 def _task(bundle: Path) -> str | None:

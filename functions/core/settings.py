@@ -49,6 +49,9 @@ class Settings(BaseModel):
     # inside its 29 s at the dev stage's 2,048 MB: 24 s measured on one loaded core (bench/token_cap.py).
     max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
+    # Characters of a generation prompt (all messages' contents, or the completion prompt), checked
+    # before tokenizing: a bigger prompt is a cheap 413 instead of seconds of tokenizer work.
+    max_prompt_chars: int = Field(100_000, ge=1)
     max_body_bytes: int = 2_000_000
     # POST /v1/files in one request: a Lambda request payload is at most 6 MB; larger files use the
     # presigned upload (POST /v1/files with a JSON body).
@@ -65,7 +68,10 @@ class Settings(BaseModel):
     batch_max_line_bytes: int = Field(100_000, ge=64)
     batch_max_lines: int = Field(1_000_000, ge=1)
     batch_job_ttl_days: int = Field(30, ge=1)           # job records expire (DynamoDB TTL)
-    batch_url_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)  # presigned upload/result URLs
+    batch_url_expiry_s: int = Field(3600, ge=60, le=7 * 24 * 3600)  # presigned result (GET) URLs
+    # Presigned upload (POST) forms for job inputs and OpenAI files: short, since a form can be
+    # reused until it expires; a job never uploaded within this window is shown as expired.
+    batch_upload_expiry_s: int = Field(900, ge=60, le=12 * 3600)
     max_receive_count: int = Field(3, ge=1)             # = the queues' redrive maxReceiveCount
     # Jobs of files dropped straight into the bucket have no owner: shown to every API key only when
     # set (a single-tenant stage, the local system); always shown to callers without an authorizer.

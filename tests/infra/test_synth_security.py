@@ -245,6 +245,28 @@ def test_no_iam_wildcard_beyond_the_acknowledged_ones(synth, stage):
         assert "FullAccess" not in managed, lid
 
 
+def _s3_actions_on(synth, stage: str, function_id: str, prefix: str) -> set[str]:
+    """S3 actions the function's role has on ``<some bucket>/<prefix>*``."""
+    fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items()
+              if k.startswith(f"Functions{function_id.replace('_', '')}"))
+    role = ref_id(fn["Properties"]["Role"])
+    out: set[str] = set()
+    for pol in synth.resources(stage, "AWS::IAM::Policy").values():
+        if role not in {ref_id(r) for r in as_list(pol["Properties"].get("Roles", []))}:
+            continue
+        for st in _statements(pol["Properties"]["PolicyDocument"]):
+            if any(f"/{prefix}*" in json.dumps(r) for r in as_list(st["Resource"])):
+                out |= {a for a in as_list(st["Action"]) if a.startswith("s3:")}
+    return out
+
+
+def test_only_the_splitter_may_delete_job_inputs(synth):
+    # The splitter deletes inputs it rejects (over the size limit, late) with their versions.
+    assert "s3:DeleteObject*" in _s3_actions_on(synth, "dev", "batch_splitter", JOBS_INPUT_PREFIX)
+    for other in ("api", "batch_worker", "batch_dlq"):
+        assert not any(a.startswith("s3:Delete") for a in _s3_actions_on(synth, "dev", other, JOBS_INPUT_PREFIX))
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_functions_trace_and_get_names_only_environment(synth, stage):
     fns = {k: v for k, v in synth.resources(stage, "AWS::Lambda::Function").items() if k.startswith("Functions")}

@@ -23,6 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180
 # Short visibility so a failed batch message comes back in seconds, not 6x the function timeout.
 VISIBILITY_S = 3
+# A small batch file limit, so the oversized-upload tests send a few MB, not 256.
+BATCH_MAX_FILE_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -74,7 +76,8 @@ def local_cirrus(bundles_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
              "--bundles-dir", str(bundles_dir), "--visibility-timeout", str(VISIBILITY_S),
              "--key-file", str(key_file),
              # The suites fire requests back to back; the per-key limit has its own test.
-             "--dev-key-rate", "1000", "--dev-key-burst", "2000"],
+             "--dev-key-rate", "1000", "--dev-key-burst", "2000",
+             "--batch-max-file-bytes", str(BATCH_MAX_FILE_BYTES)],
             cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     try:
         state = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -79,6 +80,22 @@ CASES = [
          "too_many_inputs"),
     Case("chat_over_light_token_budget", "POST", "/v1/chat/completions", _j(_chat(max_tokens=5000)), 422,
          "async_not_available"),
+    # Prompts over CIRRUS_MAX_PROMPT_CHARS (100,000) are refused before tokenizing (a few ms, not 1.5 s).
+    Case("chat_prompt_over_char_cap", "POST", "/v1/chat/completions",
+         _j(_chat(messages=[{"role": "user", "content": "x" * 1_000_000}])), 413, "prompt_too_long"),
+    Case("chat_prompt_over_char_cap_in_parts", "POST", "/v1/chat/completions",
+         _j(_chat(messages=[{"role": "system", "content": "s" * 60_000},
+                            {"role": "user", "content": [{"type": "text", "text": "u" * 50_000}]}])), 413,
+         "prompt_too_long"),
+    Case("chat_prompt_over_char_cap_streamed", "POST", "/v1/chat/completions",
+         _j(_chat(messages=[{"role": "user", "content": "x" * 100_001}], stream=True)), 413, "prompt_too_long"),
+    Case("completions_prompt_over_char_cap", "POST", "/v1/completions",
+         _j({"model": GEN, "prompt": "x" * 100_001, "max_tokens": 4}), 413, "prompt_too_long"),
+    # 2,048 inputs of ~17 tokens each: over the 32,768-token cap per request, refused before inference.
+    Case("embeddings_over_request_token_cap", "POST", "/v1/embeddings",
+         _j(_emb(input=["where is my parcel " * 4] * 2048)), 413, "too_many_tokens"),
+    Case("classify_over_request_token_cap", "POST", "/v1/classify",
+         _j({"model": CLS, "input": ["where is my parcel " * 4] * 2048}), 413, "too_many_tokens"),
     Case("chat_max_tokens_zero", "POST", "/v1/chat/completions", _j(_chat(max_tokens=0)), 422, "invalid_value"),
     Case("chat_max_tokens_negative", "POST", "/v1/chat/completions", _j(_chat(max_tokens=-1)), 422, "invalid_value"),
     Case("jobs_limit_not_a_number", "GET", "/v1/jobs?limit=abc", None, 422, None),
@@ -212,13 +229,24 @@ def _send(local_cirrus, case: Case) -> tuple[int, dict | None]:
 
 
 def test_the_suite_has_at_least_sixty_distinct_classes():
-    assert len({c.id for c in CASES}) == len(CASES) >= 60
+    ids = [c.id for c in CASES] + list(BATCH_CASES)
+    assert len(set(ids)) == len(ids) >= 60
+
+
+def _assert_still_healthy(local_cirrus, seen: int) -> None:
+    """/health and a valid request answer, and the system's log since ``seen`` has no server error."""
+    assert local_cirrus.get("/health").status_code == 200
+    ok = local_cirrus.post("/v1/embeddings", {"model": EMB, "input": "still working"})
+    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
+    with open(local_cirrus.state_dir / "cirrus-local.log", "rb") as f:  # what this class wrote to the log
+        f.seek(seen)
+        written = f.read().decode(errors="replace")
+    assert "status=5" not in written and "Traceback" not in written and "unhandled error" not in written
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_gets_its_documented_4xx_and_the_system_stays_healthy(local_cirrus, case):
-    log_file = local_cirrus.state_dir / "cirrus-local.log"
-    seen = log_file.stat().st_size
+    seen = (local_cirrus.state_dir / "cirrus-local.log").stat().st_size
     status, body = _send(local_cirrus, case)
     assert status == case.status, (status, body)
     if status >= 400:
@@ -227,10 +255,98 @@ def test_bad_input_gets_its_documented_4xx_and_the_system_stays_healthy(local_ci
         assert "Traceback" not in err["message"] and ".py" not in err["message"]
         if case.code is not None:
             assert err["code"] == case.code, err
-    assert local_cirrus.get("/health").status_code == 200
-    ok = local_cirrus.post("/v1/embeddings", {"model": EMB, "input": "still working"})
-    assert ok.status_code == 200 and len(ok.json()["data"][0]["embedding"]) == 384
-    with open(log_file, "rb") as f:  # what this class wrote to the system's log: no server error
-        f.seek(seen)
-        written = f.read().decode(errors="replace")
-    assert "status=5" not in written and "Traceback" not in written and "unhandled error" not in written
+    _assert_still_healthy(local_cirrus, seen)
+
+
+# --- batch inputs: what arrives outside the API (uploads, file lines) ends its job or line clearly ------
+def _job(local_cirrus, job_id: str, *, until=lambda j: j["status"] in ("succeeded", "succeeded_with_errors",
+                                                                      "failed")) -> dict:
+    deadline, job = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        job = local_cirrus.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id}: {job}")
+
+
+def _post_form(upload: dict, data: bytes) -> None:
+    r = requests.post(upload["url"], data=upload["fields"], files={"file": ("in.jsonl", data)}, timeout=60)
+    assert r.status_code == 204, r.text[:300]  # moto stores what S3 would refuse by the form's policy
+
+
+def _versions(local_cirrus, key: str) -> list:
+    page = local_cirrus.aws("s3").list_object_versions(Bucket=local_cirrus.state["buckets"]["Data"], Prefix=key)
+    return [v for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] == key]
+
+
+def _past_deadline(local_cirrus, job_id: str) -> None:
+    # moto never runs DynamoDB's TTL or waits 75 minutes: move the job's upload deadline instead.
+    local_cirrus.aws("dynamodb").update_item(
+        TableName=local_cirrus.state["tables"]["Jobs"], Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}},
+        UpdateExpression="SET upload_deadline = :d", ExpressionAttributeValues={":d": {"N": str(int(time.time()) - 5)}})
+
+
+def _upload_over_the_file_limit(local_cirrus) -> None:
+    created = local_cirrus.post("/v1/jobs", {}).json()
+    line = b'{"input": "' + b"x" * 1000 + b'"}\n'
+    _post_form(created["upload"], line * (local_cirrus.state["batch_max_file_bytes"] // len(line) + 1))
+    job = _job(local_cirrus, created["id"])
+    assert job["status"] == "failed" and job["error"]["code"] == "file_too_large", job
+    assert _versions(local_cirrus, job["input"]["key"]) == []
+
+
+def _upload_after_the_deadline(local_cirrus) -> None:
+    created = local_cirrus.post("/v1/jobs", {}).json()
+    _past_deadline(local_cirrus, created["id"])
+    _post_form(created["upload"], b'{"input": "too late"}\n')
+    job = _job(local_cirrus, created["id"], until=lambda j: j["status"] == "failed")
+    assert job["error"]["code"] == "upload_expired", job
+    assert _versions(local_cirrus, job["input"]["key"]) == []
+
+
+def _job_never_uploaded(local_cirrus) -> None:
+    created = local_cirrus.post("/v1/jobs", {}).json()
+    _past_deadline(local_cirrus, created["id"])
+    job = local_cirrus.get(f"/v1/jobs/{created['id']}").json()
+    assert job["status"] == "expired" and job["error"]["code"] == "upload_expired", job
+    listed = {j["id"]: j["status"] for j in local_cirrus.get("/v1/jobs", params={"limit": 100}).json()["data"]}
+    assert listed[created["id"]] == "expired"
+
+
+def _line_naming(model: str, code: str):
+    def run(local_cirrus) -> None:
+        r = local_cirrus.post("/v1/jobs", {"inputs": [{"input": "hello", "model": model}, "fine"]})
+        job = _job(local_cirrus, r.json()["id"])
+        assert job["status"] == "succeeded_with_errors" and job["counts"]["failed"] == 1, job
+        error = requests.get(job["output"]["errors_url"], timeout=30).json()
+        assert (error["line"], error["error"]["code"]) == (1, code), error
+    return run
+
+
+def _batch_file_over_the_limit(local_cirrus) -> None:
+    created = local_cirrus.post("/v1/files", {"purpose": "batch"}).json()
+    row = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/embeddings",
+                      "body": {"model": EMB, "input": "x" * 1000}}).encode() + b"\n"
+    _post_form(created["upload"], row * (local_cirrus.state["batch_max_file_bytes"] // len(row) + 1))
+    r = local_cirrus.post("/v1/batches", {"input_file_id": created["id"], "endpoint": "/v1/embeddings",
+                                          "completion_window": "24h"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
+    assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+BATCH_CASES = {
+    "job_upload_over_the_file_limit": _upload_over_the_file_limit,
+    "job_upload_after_the_deadline": _upload_after_the_deadline,
+    "job_never_uploaded": _job_never_uploaded,
+    "job_line_naming_a_generation_model": _line_naming(GEN, "model_task_mismatch"),
+    "job_line_naming_an_unknown_model": _line_naming("no-such-model", "model_not_found"),
+    "batch_file_over_the_limit": _batch_file_over_the_limit,
+}
+
+
+@pytest.mark.parametrize("name", list(BATCH_CASES))
+def test_bad_batch_input_ends_its_job_or_line_clearly_and_the_system_stays_healthy(local_cirrus, name):
+    seen = (local_cirrus.state_dir / "cirrus-local.log").stat().st_size
+    BATCH_CASES[name](local_cirrus)
+    _assert_still_healthy(local_cirrus, seen)

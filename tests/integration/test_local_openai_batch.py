@@ -1,6 +1,7 @@
 """The OpenAI Batch API with the official ``openai`` client over HTTP against the local system."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
@@ -157,14 +158,41 @@ def test_cancel_stops_a_batch_and_a_finished_one_cannot_be_cancelled(client):
         client.batches.cancel(finished.id)
 
 
-def test_large_files_go_through_a_presigned_upload(client, local_cirrus):
+def _upload(form: dict, data: bytes) -> requests.Response:
+    return requests.post(form["url"], data=form["fields"], files={"file": ("batch.jsonl", data)}, timeout=60)
+
+
+def test_large_files_go_through_a_presigned_upload_form(client, local_cirrus):
     r = local_cirrus.post("/v1/files", {"purpose": "batch", "filename": "big.jsonl"})
     assert r.status_code == 201, r.text
     body = r.json()
+    form, limit = body["upload"], local_cirrus.state["batch_max_file_bytes"]
+    policy = json.loads(base64.b64decode(form["fields"]["policy"]))
+    assert form["method"] == "POST" and form["max_bytes"] == limit and form["expires_in"] == 900
+    assert ["content-length-range", 1, limit] in policy["conditions"]
+    assert {"key": form["fields"]["key"]} in policy["conditions"] and body["id"] in form["fields"]["key"]
     rows = [_request(f"p{i}", {"input": f"presigned text {i}"}) for i in range(3)]
-    put = requests.put(body["upload"]["url"], data=_jsonl(rows), timeout=30)
-    assert put.status_code == 200
+    assert _upload(form, _jsonl(rows)).status_code == 204
     assert client.files.retrieve(body["id"]).bytes == len(_jsonl(rows))
     batch = client.batches.create(input_file_id=body["id"], endpoint="/v1/embeddings", completion_window="24h")
     done = _wait(client, batch.id)
     assert done.status == "completed" and done.request_counts.completed == 3
+
+
+def test_a_batch_of_an_uploaded_file_over_the_limit_is_413_and_the_file_is_deleted(client, local_cirrus):
+    body = local_cirrus.post("/v1/files", {"purpose": "batch"}).json()
+    limit = local_cirrus.state["batch_max_file_bytes"]
+    row = _jsonl([_request("big", {"input": "x" * 1000})])
+    # moto stores what S3 would refuse by the form's content-length-range (400 EntityTooLarge).
+    assert _upload(body["upload"], row * (limit // len(row) + 1)).status_code == 204
+    r = local_cirrus.post("/v1/batches", {"input_file_id": body["id"], "endpoint": "/v1/embeddings",
+                                          "completion_window": "24h"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "file_too_large", r.text
+    assert f"the limit is {limit}" in r.json()["error"]["message"]
+    listed = local_cirrus.aws("s3").list_object_versions(Bucket=local_cirrus.state["buckets"]["Data"],
+                                                         Prefix=body["upload"]["fields"]["key"])
+    assert listed.get("Versions", []) == [], listed
+    assert client.files.retrieve(body["id"]).status == "error"
+    again = local_cirrus.post("/v1/batches", {"input_file_id": body["id"], "endpoint": "/v1/embeddings",
+                                              "completion_window": "24h"})
+    assert again.status_code == 400 and again.json()["error"]["code"] == "file_rejected", again.text

@@ -37,6 +37,7 @@ class Pipeline:
         self.s3 = boto3.client("s3", region_name=REGION)
         self.sqs = boto3.client("sqs", region_name=REGION)
         self.ddb = boto3.client("dynamodb", region_name=REGION)
+        self.etags: dict[str, str] = {}  # key -> ETag of its last upload (a rejected input is deleted)
         self.purge_test_events()
 
     def purge_test_events(self) -> None:
@@ -48,11 +49,16 @@ class Pipeline:
         if isinstance(data, list):
             data = "".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in data).encode()
         key = f"{JOBS_INPUT_PREFIX}{name}"
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        self.etags[key] = self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)["ETag"]
         return key
 
+    def versions(self, key: str) -> list[dict[str, Any]]:
+        """Every stored version and delete marker of ``key``."""
+        page = self.s3.list_object_versions(Bucket=self.bucket, Prefix=key)
+        return [v for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if v["Key"] == key]
+
     def job_for(self, key: str) -> dict[str, Any]:
-        etag = self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
+        etag = self.etags.get(key) or self.s3.head_object(Bucket=self.bucket, Key=key)["ETag"]
         job = jobs.job_store().get(job_id_for(self.bucket, key, etag))
         assert job is not None, f"no job for {key}"
         return job.model_dump(mode="json", exclude_none=True)  # the record as stored: unset fields absent

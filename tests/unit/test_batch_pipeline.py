@@ -74,6 +74,27 @@ def test_lines_may_mix_models_and_tasks_and_keep_their_order(pipeline):
     assert [(e["line"], e["error"]["code"]) for e in errors] == [(3, "model_not_found"), (4, "model_task_mismatch")]
 
 
+def test_a_line_naming_a_generation_or_unknown_model_fails_without_any_model_loaded(pipeline, bundles_dir,
+                                                                                    monkeypatch):
+    from functions.core.inference import model_store
+    from functions.core.inference.model_store import ModelStore
+    from functions.core.settings import Settings
+
+    fresh = ModelStore(Settings(model_dir=str(bundles_dir)))  # nothing loaded yet, unlike the session's
+    loads: list[str] = []
+    real_load = fresh._load
+    monkeypatch.setattr(fresh, "_load", lambda name: loads.append(name) or real_load(name))
+    monkeypatch.setattr(model_store, "_store", fresh)
+    key = pipeline.upload("tasks.jsonl", [{"input": "hi", "model": "smollm2-135m-instruct"},
+                                          {"input": "hi", "model": "no-such-model"}])
+    pipeline.drain()
+    job = pipeline.job_for(key)
+    errors = pipeline.output(job, "errors")
+    assert [(e["line"], e["error"]["code"]) for e in errors] == [(1, "model_task_mismatch"), (2, "model_not_found")]
+    assert "text-generation model" in errors[0]["error"]["message"]
+    assert loads == [] and fresh.loaded() == {}
+
+
 # --- nothing twice ------------------------------------------------------------------------------
 def test_worker_killed_after_writing_outputs_is_retried_without_duplicates(pipeline, monkeypatch):
     real = JobStore.complete_chunk
@@ -239,6 +260,34 @@ def test_file_level_limits_fail_the_job_before_any_work(pipeline, env, limits, d
     assert job["status"] == "failed" and job["error"]["code"] == code
     assert says in job["error"]["message"]
     assert "chunks_total" not in job and pipeline.depth(pipeline.work.url) == 0
+    # Only a file over the size limit is deleted; the others stay for their owner to inspect.
+    assert len(pipeline.versions(key)) == (0 if code == "file_too_large" else 1)
+
+
+def test_a_dropped_file_over_the_limit_is_deleted_but_earlier_files_under_its_key_stay(pipeline, env):
+    env(batch_max_file_bytes=100)
+    key = pipeline.upload("reused-name.jsonl", [{"input": "small"}])
+    pipeline.drain()
+    small = pipeline.job_for(key)
+    pipeline.upload("reused-name.jsonl", [{"input": "x" * 60}] * 3)
+    pipeline.drain()
+    assert pipeline.job_for(key)["error"]["code"] == "file_too_large"
+    assert [v["ETag"].strip('"') for v in pipeline.versions(key)] == [small["input_etag"].strip('"')]
+
+
+def test_a_file_over_the_limit_is_refused_by_its_bytes_when_the_event_names_no_size(pipeline, env):
+    from functions.handlers.batch_splitter import handler as splitter
+
+    env(batch_max_file_bytes=100)
+    key = pipeline.upload("sizeless.jsonl", [{"input": "x" * 40}] * 4)
+    event = pipeline.receive(pipeline.events.url)
+    body = json.loads(event[0]["Body"])
+    del body["Records"][0]["s3"]["object"]["size"]
+    event[0]["Body"] = json.dumps(body)
+    pipeline.deliver(pipeline.events, splitter, event)
+    job = pipeline.job_for(key)
+    assert job["error"]["code"] == "file_too_large" and "the limit is 100" in job["error"]["message"]
+    assert pipeline.versions(key) == [] and pipeline.depth(pipeline.work.url) == 0
 
 
 # --- poison messages ----------------------------------------------------------------------------

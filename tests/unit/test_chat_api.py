@@ -65,6 +65,29 @@ def test_completions_route_uses_the_prompt(gen_api, tiny_generator):
     assert status == 200 and body["object"] == "text_completion" and body["choices"][0]["text"] == want.text
 
 
+def test_a_prompt_over_the_character_cap_is_413_naming_the_cap_before_any_model_is_loaded(gen_api, monkeypatch):
+    from functions.core.generation import service, streaming
+
+    gen_api(max_prompt_chars=40)
+    loaded = []
+    for module in (service, streaming):
+        monkeypatch.setattr(module, "get_model", lambda name: loaded.append(name))
+    messages = [{"role": "system", "content": "s" * 20}, {"role": "user", "content": [{"type": "text", "text": "u" * 21}]}]
+    for body, path, param in (({"model": TINY, "messages": messages}, "/v1/chat/completions", "messages"),
+                              ({"model": TINY, "messages": messages, "stream": True}, "/v1/chat/completions",
+                               "messages"),
+                              ({"model": TINY, "prompt": "p" * 41}, "/v1/completions", "prompt")):
+        err = assert_error(*chat(body, path=path)[:2], 413, "prompt_too_long")
+        assert err["param"] == param and "41 characters" in err["message"] and "limit is 40" in err["message"]
+    assert loaded == []
+
+
+def test_a_prompt_at_the_character_cap_is_served(gen_api):
+    gen_api(max_prompt_chars=40)
+    status, body, _ = chat({"model": TINY, "messages": [{"role": "user", "content": "w " * 20}], "max_tokens": 2})
+    assert status == 200, body
+
+
 def test_logit_bias_token_outside_the_vocabulary_is_422(gen_api):
     status, resp, _ = chat({"model": TINY, "messages": USER, "max_tokens": 2, "logit_bias": {"999999": 5}})
     err = assert_error(status, resp, 422, "invalid_value")

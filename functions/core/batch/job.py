@@ -2,12 +2,14 @@
 
 A job moves awaiting_upload -> splitting -> running -> finalising -> succeeded | succeeded_with_errors,
 and to failed from any non-final status. The transitions are the intent methods of
-``functions.core.batch.job_store.JobStore``; nothing else writes a job.
+``functions.core.batch.job_store.JobStore``; nothing else writes a job. An awaiting_upload job whose
+upload deadline passed is shown as ``expired`` (never stored: its record is reaped by the table's TTL).
 """
 from __future__ import annotations
 
 import hashlib
 import re
+import time
 import uuid
 from enum import Enum
 from typing import Literal
@@ -32,6 +34,13 @@ class Status(str, Enum):
 
 FINAL = (Status.SUCCEEDED, Status.SUCCEEDED_WITH_ERRORS, Status.FAILED)
 ACTIVE = tuple(s for s in Status if s not in FINAL)
+EXPIRED = "expired"  # the shown status of an awaiting_upload job past its upload deadline
+# An upload that started just before its form expired may still be arriving: it is accepted if S3
+# stored it within this long after the form's expiry.
+UPLOAD_SLACK_S = 3600
+# An unclaimed job's record lives this long past its upload deadline (shown as expired), then the
+# table's TTL removes it; long enough that a backlogged S3 event still finds the record it names.
+UNCLAIMED_RETENTION_S = 24 * 3600
 
 
 class Defaults(BaseModel):
@@ -55,7 +64,8 @@ class Job(BaseModel):
     status: Status
     created_at: str
     updated_at: str
-    expires_at: int
+    expires_at: int                       # the table's TTL attribute (epoch seconds)
+    upload_deadline: int | None = None    # awaiting_upload only: the latest accepted upload time
     input_bucket: str
     input_key: str | None = None
     input_etag: str | None = None
@@ -82,6 +92,11 @@ class Job(BaseModel):
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    def upload_expired(self, now: float | None = None) -> bool:
+        """Still waiting for an input that can no longer arrive (its upload deadline passed)."""
+        return (self.status == Status.AWAITING_UPLOAD and self.upload_deadline is not None
+                and (time.time() if now is None else now) > self.upload_deadline)
 
 
 class Chunk(BaseModel):

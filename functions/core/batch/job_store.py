@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 
 from functions.core.aws import dynamodb
 from functions.core.aws.base import client, error_code
-from functions.core.batch.job import ACTIVE, Chunk, Job, JobError, Status
+from functions.core.batch.job import ACTIVE, UNCLAIMED_RETENTION_S, UPLOAD_SLACK_S, Chunk, Job, JobError, Status
 from functions.core.observability import logger, metrics
 from functions.core.settings import get_settings
 
@@ -74,9 +74,10 @@ def _dump(value: Any) -> Any:
 class JobStore:
     """Job and chunk records of one Jobs table."""
 
-    def __init__(self, table: str, *, ttl_days: int) -> None:
+    def __init__(self, table: str, *, ttl_days: int, upload_window_s: int) -> None:
         self.table = table
         self.ttl_s = ttl_days * 86400
+        self.upload_window_s = upload_window_s  # creation -> latest accepted upload of an API job
 
     # --- reading -----------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -128,10 +129,17 @@ class JobStore:
 
     # --- creating ----------------------------------------------------------------------------------
     def new_job(self, job_id: str, **fields: Any) -> Job:
-        """A job record not yet written (``create`` writes it)."""
-        stamp = now_iso()
-        return Job.model_validate({"id": job_id, "created_at": stamp, "updated_at": stamp,
-                                   "expires_at": int(time.time()) + self.ttl_s, **fields})
+        """A job record not yet written (``create`` writes it).
+
+        A job awaiting its upload gets an upload deadline and a short TTL, so one never uploaded is
+        shown as expired and then reaped; claiming the upload gives it the full retention.
+        """
+        stamp, now = now_iso(), int(time.time())
+        lifetime: dict[str, Any] = {"expires_at": now + self.ttl_s}
+        if fields.get("status") == Status.AWAITING_UPLOAD:
+            deadline = now + self.upload_window_s
+            lifetime = {"upload_deadline": deadline, "expires_at": deadline + UNCLAIMED_RETENTION_S}
+        return Job.model_validate({"id": job_id, "created_at": stamp, "updated_at": stamp, **lifetime, **fields})
 
     def create(self, job: Job) -> bool:
         """Insert a new job; False if one with this id exists already (duplicate event)."""
@@ -145,10 +153,21 @@ class JobStore:
             raise
 
     # --- transitions -------------------------------------------------------------------------------
-    def claim_upload(self, job_id: str, *, etag: str, size: int, token: str) -> Job | None:
-        """awaiting_upload -> splitting: the upload for a POST /v1/jobs job, claimed by message ``token``."""
+    def claim_upload(self, job_id: str, *, etag: str, size: int, token: str, uploaded_at: int) -> Job | None:
+        """awaiting_upload -> splitting: the upload for a POST /v1/jobs job, claimed by message ``token``,
+        if S3 stored it (``uploaded_at``, epoch s) by the job's upload deadline. The job now lives as
+        long as any job (the short TTL of an unclaimed one is replaced)."""
         return self._update(job_id, {"status": Status.SPLITTING, "input_etag": etag, "input_bytes": size,
-                                     "split_by": token},
+                                     "split_by": token, "expires_at": int(time.time()) + self.ttl_s},
+                            condition="#status = :w AND (attribute_not_exists(upload_deadline) OR "
+                                      "upload_deadline >= :at)",
+                            values={":w": Status.AWAITING_UPLOAD.value, ":at": uploaded_at})
+
+    def abandon_upload(self, job_id: str, code: str, message: str) -> Job | None:
+        """awaiting_upload -> failed: the input will never come (it could not be written, or came too
+        late). The record keeps its short TTL."""
+        return self._update(job_id, {"status": Status.FAILED, "error": JobError(code=code, message=message),
+                                     "completed_at": now_iso()},
                             condition="#status = :w", values={":w": Status.AWAITING_UPLOAD.value})
 
     def start_running(self, job_id: str, *, token: str, chunks_total: int, lines_total: int, model: str,
@@ -275,7 +294,8 @@ def job_store() -> JobStore:
     Cheap to build (no I/O), so two threads racing at cold start may each build one; either serves.
     """
     s = get_settings()
-    return JobStore(require(s.jobs_table, "jobs_table"), ttl_days=s.batch_job_ttl_days)
+    return JobStore(require(s.jobs_table, "jobs_table"), ttl_days=s.batch_job_ttl_days,
+                    upload_window_s=s.batch_upload_expiry_s + UPLOAD_SLACK_S)
 
 
 def reset() -> None:

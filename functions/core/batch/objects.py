@@ -5,6 +5,7 @@ functions/core/aws/s3.py and are not repeated here.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -160,8 +161,36 @@ def copy_into(writer: StreamWriter, bucket: str, key: str) -> None:
         body.close()
 
 
-def presigned_url(method: str, bucket: str, key: str, *, expires_s: int) -> str:
-    """A presigned GET (results) or PUT (input upload) URL; signing makes no network call."""
-    params: dict[str, Any] = {"Bucket": bucket, "Key": key}
-    op = {"GET": "get_object", "PUT": "put_object"}[method]
-    return client("s3").generate_presigned_url(op, Params=params, ExpiresIn=expires_s)
+def presigned_get(bucket: str, key: str, *, expires_s: int) -> str:
+    """A presigned GET URL (results, file contents); signing makes no network call."""
+    return client("s3").generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key},
+                                               ExpiresIn=expires_s)
+
+
+def upload_form(bucket: str, key: str, *, max_bytes: int, expires_s: int) -> dict[str, Any]:
+    """A presigned POST form for exactly ``key``, refused by S3 past ``max_bytes`` (the public
+    ``upload`` shape of the job and file APIs). Unlike a presigned PUT, S3 itself enforces the size;
+    the form can still be reused until it expires, hence the short expiry."""
+    form = client("s3").generate_presigned_post(
+        bucket, key, Conditions=[["content-length-range", 1, max_bytes]], ExpiresIn=expires_s)
+    # boto3 adds the bucket and exact-key conditions itself; the bucket's default SSE-KMS encrypts
+    # the object, so the form needs no encryption field.
+    return {"method": "POST", "url": form["url"], "fields": form["fields"], "max_bytes": max_bytes,
+            "expires_in": expires_s, "expires_at": int(time.time()) + expires_s}
+
+
+def delete_versions(bucket: str, key: str, *, etag: str | None = None) -> int:
+    """Delete every version (and delete marker) of ``key``, or only the versions with ``etag``; the
+    number deleted. A rejected input must not stay behind as a noncurrent version."""
+    s3 = client("s3")
+    doomed: list[dict[str, str]] = []
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=key):
+        for v in page.get("Versions", []):
+            if v["Key"] == key and (etag is None or v.get("ETag", "").strip('"') == etag.strip('"')):
+                doomed.append({"Key": key, "VersionId": v["VersionId"]})
+        if etag is None:
+            doomed += [{"Key": key, "VersionId": m["VersionId"]} for m in page.get("DeleteMarkers", [])
+                       if m["Key"] == key]
+    for start in range(0, len(doomed), 1000):
+        s3.delete_objects(Bucket=bucket, Delete={"Objects": doomed[start:start + 1000], "Quiet": True})
+    return len(doomed)

@@ -27,9 +27,11 @@ from functions.core.aws.base import translate
 from functions.core.batch import openai_lines
 from functions.core.batch.job import FINAL, Defaults, Job, Status, input_key
 from functions.core.batch.job_store import job_store, require
-from functions.core.batch.objects import JSONL, StreamWriter, iter_lines, presigned_url, read_blocks
+from functions.core.batch.objects import (JSONL, StreamWriter, delete_versions, iter_lines, presigned_get,
+                                         read_blocks, upload_form)
+from functions.core.batch.service import abandon_unstored
 from functions.core.contract import OPENAI_BATCHES_PREFIX, OPENAI_FILES_PREFIX
-from functions.core.errors import BadRequest, Conflict, NotFound, ValidationFailed
+from functions.core.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from functions.core.observability import logger
 from functions.core.settings import Settings
 
@@ -39,7 +41,7 @@ PURPOSES = ("batch",)
 
 
 class FileUpload(BaseModel):
-    """``POST /v1/files`` with a JSON body: a file too large for one request, uploaded with a presigned PUT."""
+    """``POST /v1/files`` with a JSON body: a file too large for one request, uploaded with a presigned POST."""
 
     model_config = ConfigDict(extra="forbid")
     purpose: Literal["batch"]
@@ -131,20 +133,22 @@ def create_file(purpose: str | None, filename: str | None, data: bytes | None, s
 
 
 def create_file_upload(req: FileUpload, settings: Settings, *, owner: str | None) -> dict[str, Any]:
-    """A file record whose bytes come with a presigned PUT (past API Gateway's 10 MB body limit)."""
+    """A file record whose bytes come with a presigned POST form (past API Gateway's 10 MB body
+    limit); S3 refuses a file past the batch file limit."""
     bucket = _bucket(settings)
     meta = _new_file(req.filename, req.purpose, owner, bytes=None, status="uploaded")
     with _aws("creating the file"):
         _put_json(bucket, _meta_key(meta["id"]), meta)
-        url = presigned_url("PUT", bucket, _content_key(meta["id"]), expires_s=settings.batch_url_expiry_s)
-    return {**_file_view(meta), "upload": {"method": "PUT", "url": url, "expires_in": settings.batch_url_expiry_s}}
+        upload = upload_form(bucket, _content_key(meta["id"]), max_bytes=settings.batch_max_file_bytes,
+                             expires_s=settings.batch_upload_expiry_s)
+    return {**_file_view(meta), "upload": upload}
 
 
 def _uploaded_meta(file_id: str, bucket: str, caller: str | None) -> dict:
     meta = _read_json(bucket, _meta_key(file_id))
     if meta is None or not _visible(meta, caller):
         raise NotFound(f"No such file: '{file_id}'", param="file_id", code="file_not_found")
-    if meta.get("bytes") is None:  # a presigned upload: its size once the PUT has landed
+    if meta.get("bytes") is None:  # a presigned upload: its size once the upload has landed
         found = s3.head(bucket, _content_key(file_id))
         if found is not None:
             meta = {**meta, "bytes": found[0], "status": "processed"}
@@ -170,7 +174,7 @@ def file_content_url(file_id: str, settings: Settings, *, caller: str | None) ->
     if s3.head(bucket, _content_key(file_id)) is None:
         raise NotFound(f"File '{file_id}' has no content yet (upload pending)", param="file_id",
                        code="file_not_ready")
-    return presigned_url("GET", bucket, _content_key(file_id), expires_s=settings.batch_url_expiry_s)
+    return presigned_get(bucket, _content_key(file_id), expires_s=settings.batch_url_expiry_s)
 
 
 def _output_meta(hex_id: str, kind: str, settings: Settings, caller: str | None) -> dict:
@@ -229,7 +233,11 @@ def _batch_view(record: dict, job: Job | None) -> dict[str, Any]:
     hex_id = record["id"].removeprefix("batch_")
     status = _STATUS.get(job.status, "failed") if job else "validating"
     errors = None
-    if job and job.status == Status.FAILED:
+    if job and job.upload_expired():  # its input was never copied in (e.g. storage failed mid-create)
+        status = "failed"
+        errors = {"object": "list", "data": [{"code": "upload_expired", "message": "the batch's input never "
+                                              "reached the pipeline", "param": None, "line": None}]}
+    elif job and job.status == Status.FAILED:
         if job.error and job.error.code == "cancelled":
             status = "cancelled"
         elif job.results_key:
@@ -280,10 +288,17 @@ def create_batch(req: CreateBatch, settings: Settings, *, owner: str | None) -> 
     staged = f"{OPENAI_BATCHES_PREFIX}{batch_id}.input.jsonl"
     with _aws("creating the batch"):
         meta = _uploaded_meta(req.input_file_id, bucket, owner)
+        if meta["status"] == "error":
+            raise BadRequest(f"the input file was rejected: {meta.get('status_details')}", param="input_file_id",
+                             code="file_rejected")
         found = s3.head(bucket, _content_key(req.input_file_id))
         if found is None:
             raise ValidationFailed("the input file has no content yet (upload pending)", param="input_file_id",
                                    code="file_not_ready")
+        if found[0] > settings.batch_max_file_bytes:
+            message = f"the input file has {found[0]} bytes, the limit is {settings.batch_max_file_bytes}"
+            _discard_content(bucket, meta, message)
+            raise PayloadTooLarge(message, param="input_file_id", code="file_too_large")
         requests, first_model = _convert(bucket, _content_key(req.input_file_id), found[1], staged, req.endpoint,
                                          settings)
         record = {"id": batch_id, "job_id": job_id, "input_file_id": meta["id"], "endpoint": req.endpoint,
@@ -297,9 +312,23 @@ def create_batch(req: CreateBatch, settings: Settings, *, owner: str | None) -> 
                             defaults=Defaults(task=task, model=first_model if task == "chat" else None))
         store.create(job)
         # One copy into jobs/input/: one S3 event, after the job record exists (the splitter claims it).
-        s3.copy(bucket, staged, input_key(job_id))
+        try:
+            s3.copy(bucket, staged, input_key(job_id))
+        except (ClientError, BotoCoreError):
+            abandon_unstored(job_id)  # the batch shows failed instead of validating forever
+            raise
     logger.info("batch created", extra={"batch_id": batch_id, "job_id": job_id, "requests": requests})
     return _batch_view(record, job)
+
+
+def _discard_content(bucket: str, meta: dict, why: str) -> None:
+    """Delete an uploaded file's bytes that no batch may use (every version); its record stays,
+    with status ``error`` and the reason."""
+    try:
+        _put_json(bucket, _meta_key(meta["id"]), {**meta, "bytes": 0, "status": "error", "status_details": why})
+        delete_versions(bucket, _content_key(meta["id"]))
+    except (ClientError, BotoCoreError):
+        logger.exception("could not delete a rejected file's content", extra={"file_id": meta["id"]})
 
 
 def _convert(bucket: str, key: str, etag: str, dest: str, endpoint: str, settings: Settings) -> tuple[int, str]:

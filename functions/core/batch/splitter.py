@@ -4,18 +4,24 @@ One pass over the file finds line boundaries (for chunk byte ranges and line num
 header and the file-level limits; nothing is sent until the whole file passed, so a rejected file
 never produces partial work. Duplicate events are recognised by the job id (bucket + key + ETag)
 and the SQS message that claimed the job, so only the claimer's own retry resumes a half-done split.
+An input that can never run (past the file size limit, late for its job, or other bytes sent again
+to an API job's key) is deleted with its versions, so nothing rejected stays in the bucket.
 """
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
+from datetime import datetime
 from urllib.parse import unquote_plus
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from functions.core.aws import sqs
 from functions.core.batch.formats import TASK_FOR_MANIFEST, ChunkMessage, parse_header, resolve_task
 from functions.core.batch.job import Defaults, Job, Status, api_job_id, job_id_for
 from functions.core.batch.job_store import JobStore, job_store, require
-from functions.core.batch.objects import ObjectChanged, iter_lines, read_blocks
+from functions.core.batch.objects import ObjectChanged, delete_versions, iter_lines, read_blocks
 from functions.core.contract import JOBS_INPUT_PREFIX, JOBS_INPUT_SUFFIX
 from functions.core.inference.model_store import store as model_store
 from functions.core.observability import logger, metrics
@@ -28,6 +34,7 @@ class ObjectRef:
     key: str
     size: int
     etag: str
+    created_at: int = 0   # when S3 stored the object (the event's eventTime), epoch seconds
 
 
 class JobRejected(Exception):
@@ -48,8 +55,30 @@ def objects_in(body: str) -> list[ObjectRef]:
         s3 = rec["s3"]
         # Keys arrive URL-encoded (spaces as '+') in S3 notifications.
         refs.append(ObjectRef(s3["bucket"]["name"], unquote_plus(s3["object"]["key"]),
-                              int(s3["object"].get("size", 0)), s3["object"].get("eTag", "")))
+                              int(s3["object"].get("size", 0)), s3["object"].get("eTag", ""),
+                              _epoch(rec.get("eventTime"))))
     return refs
+
+
+def _epoch(iso: object) -> int:
+    try:
+        return int(datetime.fromisoformat(str(iso).replace("Z", "+00:00")).timestamp())
+    except ValueError:
+        return int(time.time())  # no usable time in the event: judge it as arriving now
+
+
+def discard(ref: ObjectRef, *, every_version: bool, why: str) -> None:
+    """Delete a rejected input: all versions of an API job's own key, else just these bytes' versions
+    (a dropped file's key may hold someone's earlier, valid files)."""
+    try:
+        deleted = delete_versions(ref.bucket, ref.key, etag=None if every_version else ref.etag)
+    except (ClientError, BotoCoreError):
+        # The job already says why it ended; the bucket's lifecycle rule removes the object later.
+        logger.exception("could not delete a rejected input", extra={"key_bytes": len(ref.key), "reason": why})
+        return
+    logger.warning("rejected input deleted", extra={"key_bytes": len(ref.key), "bytes": ref.size,
+                                                    "versions": deleted, "reason": why})
+    metrics.add_metric(name="BatchInputsDeleted", unit="Count", value=1)
 
 
 def handle_notification(body: str, *, message_id: str, receive_count: int) -> None:
@@ -77,18 +106,26 @@ def claim(ref: ObjectRef, store: JobStore, *, token: str) -> str | None:
     stem = api_job_id(ref.key)
     if stem is not None:
         # Upload for a job made by POST /v1/jobs: take over its waiting record (once).
-        if store.claim_upload(stem, etag=ref.etag, size=ref.size, token=token) is not None:
+        claimed = store.claim_upload(stem, etag=ref.etag, size=ref.size, token=token, uploaded_at=ref.created_at)
+        if claimed is not None:
             return stem
         existing = store.get(stem)
         if existing is not None:
             if existing.input_etag == ref.etag:
                 return _resume_or_skip(existing, token)
-            # Other bytes PUT again through the job's presigned URL: not a job of their own (it would
-            # have no owner, its results visible to other keys). The API job reads with If-Match, so a
-            # job still reading the key ends as input_changed.
-            logger.warning("re-upload to an API job's input key ignored",
+            if existing.status == Status.AWAITING_UPLOAD:
+                # Not claimable while waiting: the upload came after the job's upload deadline.
+                store.abandon_upload(stem, "upload_expired", "the input arrived after the upload deadline; "
+                                                             "create a new job")
+                discard(ref, every_version=True, why="upload_expired")
+                return None
+            # Other bytes sent again through the job's upload form (or to a failed job's key): not a
+            # job of their own (it would have no owner, its results visible to other keys). Deleting
+            # these bytes makes the job's own upload current again, so a job still reading it goes on.
+            logger.warning("re-upload to an API job's input key deleted",
                            extra={"job_id": stem, "status": existing.status.value})
             metrics.add_metric(name="BatchDuplicateEvents", unit="Count", value=1)
+            discard(ref, every_version=False, why="reupload")
             return None
         # No such API job: a file dropped under a job-like name is a job of its own.
     job_id = job_id_for(ref.bucket, ref.key, ref.etag)
@@ -118,6 +155,9 @@ def split(job_id: str, ref: ObjectRef, store: JobStore, settings: Settings, *, t
         model, task = resolve_defaults(defaults, settings)
     except JobRejected as exc:
         store.fail(job_id, exc.code, exc.message)
+        if exc.code == "file_too_large":
+            # Nothing of it will ever be read: do not keep it (nor its noncurrent versions) for weeks.
+            discard(ref, every_version=api_job_id(ref.key) == job_id, why=exc.code)
         return
     messages = [ChunkMessage(job_id=job_id, chunk=i, bucket=ref.bucket, key=ref.key, etag=ref.etag,
                              start=start, end=end, first_line=first, lines=n, model=model,
@@ -139,9 +179,9 @@ def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[t
     """Chunks as (start byte, end byte, first line, line count), the input line count, the defaults."""
     if not ref.key.endswith(JOBS_INPUT_SUFFIX):
         raise JobRejected("unsupported_file", f"input files must be JSON Lines named *{JOBS_INPUT_SUFFIX}")
-    if ref.size > settings.batch_max_file_bytes:
-        raise JobRejected("file_too_large",
-                          f"file has {ref.size} bytes, the limit is {settings.batch_max_file_bytes}")
+    limit = settings.batch_max_file_bytes
+    if ref.size > limit:
+        raise JobRejected("file_too_large", f"file has {ref.size} bytes, the limit is {limit}")
     chunks: list[tuple[int, int, int, int]] = []
     offset = line_no = inputs = 0
     start = first = count = 0
@@ -158,6 +198,8 @@ def plan(ref: ObjectRef, settings: Settings, defaults: Defaults) -> tuple[list[t
                     defaults = Defaults(model=header.model or defaults.model, task=header.task or defaults.task)
                     offset += size
                     continue
+            if offset + size > limit:  # the event's size is S3's own; this guards events without one
+                raise JobRejected("file_too_large", f"file has more than {limit} bytes, the limit is {limit}")
             inputs += 1
             if inputs > settings.batch_max_lines:
                 raise JobRejected("too_many_lines", f"file has more than {settings.batch_max_lines} input lines")

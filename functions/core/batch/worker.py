@@ -21,9 +21,9 @@ from functions.core.batch.job_store import job_store
 from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
 from functions.core.errors import CirrusError, ModelNotFound
 from functions.core.generation.schemas import ChatCompletionRequest
-from functions.core.generation.service import answer_light
+from functions.core.generation.service import answer_light, check_prompt
 from functions.core.inference.encoder import ranked_labels
-from functions.core.inference.model_store import get_model
+from functions.core.inference.model_store import get_model, store as model_store
 from functions.core.observability import logger, metrics
 from functions.core.settings import Settings, get_settings
 
@@ -135,20 +135,25 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
         for i, item in zip(idx, items):
             outcome[i] = LineError(item.line, code, message, item.id)
 
+    # What the model is comes from its manifest before anything is loaded: a line naming a generator
+    # (or an embedder asked to classify) must not make this worker download and build its session.
     try:
-        model = get_model(model_name)  # ModelUnavailable/BundleError propagate: transient, retried
+        manifest = model_store().manifest(model_name)  # ModelUnavailable/BundleError: transient, retried
     except ModelNotFound:
         return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
-    resolved = resolve_task(model.manifest.task, task)
+    resolved = resolve_task(manifest.task, task)
     if resolved is None:
         return fail_all("model_task_mismatch",
-                        f"model '{model_name}' is a {model.manifest.task} model, it cannot {task or 'embed'}")
+                        f"model '{model_name}' is a {manifest.task} model, it cannot {task or 'embed'}")
     task = resolved
-    if task == "chat":
-        out.models.add(f"{model.name}@{model.version}")
+    if task == "chat":  # each line is one request: answer_light loads the model once (the model store)
         for i, item in zip(idx, items):
-            outcome[i] = _chat(item, model_name, settings)
+            outcome[i] = _chat(item, model_name, settings, out)
         return
+    try:
+        model = get_model(model_name)
+    except ModelNotFound:  # unpublished between the two reads
+        return fail_all("model_not_found", f"the model '{model_name[:128]}' does not exist")
     texts = [item.text for item in items]
     keep = list(range(len(items)))
     if settings.token_overflow == "reject":
@@ -167,11 +172,11 @@ def _infer_group(model_name: str, task: str | None, items: list[LineInput], idx:
             outcome[idx[k]] = _result(items[k], model_name, **ranked_labels(row, model.manifest.labels))
 
 
-def _chat(item: LineInput, model_name: str, settings: Settings) -> str | LineError:
+def _chat(item: LineInput, model_name: str, settings: Settings, out: ChunkOutput) -> str | LineError:
     """One chat line answered as the API's light route answers it; the request's faults are its error."""
-    if item.body is None:
-        return LineError(item.line, "missing_field", f"model '{model_name}' generates text: a chat line needs "
-                                                     "'body' (a chat completion request), not 'input'", item.id)
+    if item.body is None:  # an input line naming a chat model: refused before anything is loaded
+        return LineError(item.line, "model_task_mismatch", f"model '{model_name}' is a text-generation model: "
+                         "a line for it has task chat and a 'body' (a chat completion request)", item.id)
     try:
         req = ChatCompletionRequest.model_validate({**item.body, "model": model_name})
     except ValidationError as exc:
@@ -185,12 +190,14 @@ def _chat(item: LineInput, model_name: str, settings: Settings) -> str | LineErr
         return LineError(item.line, "over_token_budget", f"max_tokens is above the {settings.light_max_tokens} "
                                                          "tokens a batch chat line may generate", item.id)
     try:
+        check_prompt(req, settings)
         answer = answer_light(req, settings)
     except CirrusError as err:
         if err.status >= 500:  # the model could not run (e.g. a bundle load): retried with the chunk
             raise
         # The request's own fault: its prompt is over the context window, a field light cannot honour...
         return LineError(item.line, err.code or "invalid_request", err.message, item.id)
+    out.models.add(f"{model_name}@{answer.model_version}")
     return _result(item, model_name, response=answer.body)
 
 

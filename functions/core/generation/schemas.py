@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
 
@@ -198,6 +198,14 @@ class ChatCompletionRequest(_GenerationRequest):
     def top_logprobs_wanted(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
 
+    prompt_param: ClassVar[str] = "messages"  # the field a prompt_too_long error names
+
+    def prompt_chars(self) -> int:
+        """Characters of the prompt as sent (every message's content and name), counted raw: cheap,
+        and what the cap applies to before any cleaning or tokenizing."""
+        return sum((len(m.content) if isinstance(m.content, str) else sum(len(p.text) for p in m.content))
+                   + len(m.name or "") for m in self.messages)
+
     def turns(self) -> list[tuple[str, str]]:
         # "developer" is OpenAI's newer name for the system role.
         return [("system" if m.role == "developer" else m.role, m.text()) for m in self.messages]
@@ -239,6 +247,11 @@ class CompletionRequest(_GenerationRequest):
 
     def top_logprobs_wanted(self) -> int | None:
         return self.logprobs
+
+    prompt_param: ClassVar[str] = "prompt"
+
+    def prompt_chars(self) -> int:
+        return len(self.prompt if isinstance(self.prompt, str) else self.prompt[0])
 
     def text(self) -> str:
         return clean_text(self.prompt if isinstance(self.prompt, str) else self.prompt[0])

@@ -18,6 +18,7 @@ from functions.core.generation import sse
 from functions.core.generation.heavy import HeavyClient
 from functions.core.generation.router import Decision, decide
 from functions.core.generation.schemas import ChatCompletionRequest, CompletionRequest
+from functions.core.generation.service import check_prompt
 from functions.core.generation.sse import ChunkFormatter, Piece
 from functions.core.inference.encoder import require_task
 from functions.core.inference.generator import Delta
@@ -39,6 +40,7 @@ class StreamedResult:
 
 def stream(req: Request, settings: Settings, *, want_async: bool = False) -> StreamedResult:
     chat = isinstance(req, ChatCompletionRequest)
+    check_prompt(req, settings)
     budget = req.budget(settings.generation_default_max_tokens)
     decision = decide(req.model, budget, settings, want_async=want_async, stream=True)
     logger.info("generation routed", extra={"model": req.model, "route": decision.route, "stream": True,

@@ -67,7 +67,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/chat/completions"): Operation("generation", "Chat completion (OpenAI)", ChatCompletionRequest),
     ("POST", "/v1/completions"): Operation("generation", "Text completion (OpenAI legacy)", CompletionRequest),
     ("GET", "/v1/generation/jobs/{id}"): Operation("generation", "Status of an async generation job"),
-    ("POST", "/v1/jobs"): Operation("batch", "Create a batch job (inline inputs or a presigned upload)", CreateJob, 201),
+    ("POST", "/v1/jobs"): Operation(
+        "batch", "Create a batch job: inline inputs, or answered with `upload`, a presigned POST form "
+                 "(send `upload.fields`, then the file, as multipart/form-data to `upload.url`)", CreateJob, 201),
     ("GET", "/v1/jobs"): Operation("batch", "List recent batch jobs"),
     ("GET", "/v1/jobs/{id}"): Operation("batch", "Retrieve a batch job"),
     ("POST", "/v1/files"): Operation("openai-batch", "Upload a batch input file (multipart), or ask for a "

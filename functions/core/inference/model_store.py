@@ -194,19 +194,35 @@ class ModelStore:
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, "listing the model registry") from exc
 
-    def describe(self, name: str) -> ModelInfo:
-        """The manifest of ``name`` without loading its session (read from the bundle or registry)."""
+    def manifest(self, name: str) -> Manifest:
+        """The manifest of ``name`` without loading its session (from the bundle or the registry), so
+        a caller can check what the model is before paying for its load. Raises ModelNotFound for a
+        model that does not exist, BundleError / ModelUnavailable when it cannot be read now."""
         loaded = self._models.get(name)
         if loaded is not None:
-            return ModelInfo(name, loaded.manifest)
+            return loaded.manifest
+        self.check_name(name)
+        if self.settings.model_dir:
+            bundle_dir = Path(self.settings.model_dir) / name
+            if not (bundle_dir / MANIFEST_NAME).is_file():
+                raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+            return Manifest.read(bundle_dir)
+        pointer = self._read_pointer(name)
         try:
-            self.check_name(name)
-            if self.settings.model_dir:
-                return ModelInfo(name, Manifest.read(Path(self.settings.model_dir) / name))
-            pointer = self._read_pointer(name)
-            raw = s3.get_bytes(self.settings.artifacts_bucket or "",
-                               bundle_key(name, pointer.version, MANIFEST_NAME))
-            return ModelInfo(name, Manifest.model_validate_json(raw))
+            raw = s3.get_bytes(self.settings.artifacts_bucket or "", bundle_key(name, pointer.version, MANIFEST_NAME))
+        except s3.ObjectNotFound as exc:
+            raise BundleError(f"bundle {name}@{pointer.version}: manifest missing in S3") from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise translate(exc, f"reading the manifest of {name}") from exc
+        try:
+            return Manifest.model_validate_json(raw)
+        except ValueError as exc:
+            raise BundleError(f"bundle {name}@{pointer.version}: manifest is malformed") from exc
+
+    def describe(self, name: str) -> ModelInfo:
+        """What ``/v1/models`` shows: the manifest of ``name``, or why it cannot be read (never raises)."""
+        try:
+            return ModelInfo(name, self.manifest(name))
         except Exception as exc:  # listing must show a broken model, not fail the whole list
             code = getattr(exc, "code", None) or exc.__class__.__name__
             return ModelInfo(name, None, error=str(code))

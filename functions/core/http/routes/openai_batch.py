@@ -19,7 +19,7 @@ def create_file() -> Response:
     settings, owner = get_settings(), caller_key_id(router)
     content_type = router.current_event.get_header_value("content-type", "") or ""
     if content_type.split(";")[0].strip().lower() == "application/json":
-        # No file in the body: a file record plus a presigned PUT URL for files past the body limit.
+        # No file in the body: a file record plus a presigned POST form for files past the body limit.
         return json_response(service.create_file_upload(parse(service.FileUpload, router), settings,
                                                         owner=owner), 201)
     form = parse_form(content_type, raw_body(router, limit=settings.max_upload_bytes))
