@@ -11,7 +11,7 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.api import Api
-from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload
+from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload, grant_prefix
 from infra.constructs.batch import Batch
 from infra.constructs.encryption import Encryption
 from infra.constructs.functions import Functions, encrypted_log_group, runtime_env
@@ -109,7 +109,7 @@ class CirrusStack(Stack):
                                 functions=fns.functions, dlqs=batch.dlqs, heavy=heavy, heavy_async=heavy_async,
                                 alarm_email=stage.alarm_email)
         # Alarms publish to the encrypted topic as the CloudWatch service itself.
-        encryption.allow_service("cloudwatch.amazonaws.com")
+        encryption.allow_alarm_notifications()
 
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "ArtifactsBucket", value=artifacts.bucket_name)
@@ -128,9 +128,10 @@ class CirrusStack(Stack):
         return self.resolve(self.get_logical_id(cfn_parent.node.default_child))
 
     def _grant_s3(self, fn: lambda_.Function, bucket: s3.Bucket, prefix: str, mode: str) -> None:
-        {"read": bucket.grant_read, "put": bucket.grant_put, "read_write": bucket.grant_read_write}[mode](fn, f"{prefix}*")
+        grant_prefix(bucket, fn, prefix, mode)
         findings = {f"Resource::<{self._lid(bucket)}.Arn>/{prefix}*":
-                    f"S3 access limited to the {prefix} prefix of this bucket."}
+                    f"Object access limited to the {prefix} prefix of this bucket; listing, where granted, "
+                    f"carries an s3:prefix condition on the same prefix."}
         for action in _S3_GRANT_WILDCARDS[mode]:
             findings[f"Action::{action}"] = _WILDCARD_REASONS[action]
         self._acknowledge(fn, findings)
@@ -153,17 +154,15 @@ class CirrusStack(Stack):
                 acknowledge(fn.role, id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
 
 
+# Wildcard actions each grant mode leaves (infra.constructs.artifacts.grant_prefix): reads are the
+# exact s3:GetObject + s3:ListBucket (prefix-conditioned), so only CDK's put/delete grants add any.
 _S3_GRANT_WILDCARDS = {
-    "read": ("s3:GetObject*", "s3:GetBucket*", "s3:List*"),
+    "read": (),
     "put": ("s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
-    "read_write": ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*",
-                   "kms:GenerateDataKey*", "kms:ReEncrypt*"),
+    "read_write": ("s3:DeleteObject*", "s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
 }
 _WILDCARD_REASONS = {
-    "s3:GetObject*": "CDK grant_read: GetObject and its version/tagging/ACL reads, on a scoped prefix.",
-    "s3:GetBucket*": "CDK grant_read: bucket metadata reads needed by the SDK, this bucket only.",
-    "s3:List*": "CDK grant_read: listing this bucket (prefix-scoped by the object ARNs).",
-    "s3:DeleteObject*": "CDK grant_read_write: overwrite/cleanup of intermediate chunk objects, scoped prefix.",
+    "s3:DeleteObject*": "CDK grant_delete: overwrite/cleanup of intermediate chunk objects, scoped prefix.",
     "s3:Abort*": "CDK grant_put: abort this function's own multipart uploads, scoped prefix.",
     "kms:GenerateDataKey*": "Data keys of the one Cirrus KMS key, for SSE-KMS writes (only that key).",
     "kms:ReEncrypt*": "CDK encrypt grant on the one Cirrus KMS key (only that key).",

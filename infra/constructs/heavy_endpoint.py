@@ -11,6 +11,7 @@ from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra.constructs import acknowledge, nag_env
+from infra.constructs.artifacts import grant_prefix
 from infra.settings import HeavyEndpointSettings
 
 # Container images (AWS Deep Learning Containers). Repository + tag per image kind; the registry
@@ -38,6 +39,30 @@ LOCAL_STORAGE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e")
 # GPU memory per instance (MiB) that one model copy may reserve (inference components need a number).
 COPY_MEMORY_MB = 12_288
 VARIANT = "AllTraffic"
+
+
+MODEL_DIR = "/opt/ml/model"   # where SageMaker puts an S3 model data source inside the container
+
+
+def model_environment(settings: HeavyEndpointSettings) -> dict[str, str]:
+    """The container's environment: which model it serves, pinned (infra.settings validates the pin).
+
+    TGI (the Hugging Face LLM DLC) downloads ``HF_MODEL_ID`` at ``HF_MODEL_REVISION``; DJL-LMI takes
+    the revision as ``OPTION_REVISION``. With ``model_s3_prefix`` both load the copied folder.
+    """
+    model = MODEL_DIR if settings.model_s3_prefix else settings.model_id
+    revision = None if settings.model_s3_prefix else settings.model_revision
+    if settings.image == "djl-lmi":
+        env = {"HF_MODEL_ID": model, "OPTION_ROLLING_BATCH": "lmi-dist",
+               "TENSOR_PARALLEL_DEGREE": str(settings.num_gpus), "OPTION_MAX_MODEL_LEN": "4096"}
+        if revision:
+            env["OPTION_REVISION"] = revision
+        return env
+    env = {"HF_MODEL_ID": model, "SM_NUM_GPUS": str(settings.num_gpus),
+           "MESSAGES_API_ENABLED": "true", "MAX_INPUT_TOKENS": "3072", "MAX_TOTAL_TOKENS": "4096"}
+    if revision:
+        env["HF_MODEL_REVISION"] = revision
+    return env
 
 
 def takes_kms_key(instance_type: str) -> bool:
@@ -112,21 +137,25 @@ class HeavyEndpoint(Construct):
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker*"]}}))
         key.grant_encrypt_decrypt(self.role)
-        env = {"HF_MODEL_ID": settings.model_id, "SM_NUM_GPUS": str(settings.num_gpus),
-               "MESSAGES_API_ENABLED": "true", "MAX_INPUT_TOKENS": "3072", "MAX_TOTAL_TOKENS": "4096"}
-        if settings.image == "djl-lmi":
-            env = {"HF_MODEL_ID": settings.model_id, "OPTION_ROLLING_BATCH": "lmi-dist",
-                   "TENSOR_PARALLEL_DEGREE": str(settings.num_gpus), "OPTION_MAX_MODEL_LEN": "4096"}
+        env = model_environment(settings)
         model_data = None
         if settings.model_s3_prefix:
-            artifacts.grant_read(self.role, f"{settings.model_s3_prefix.rstrip('/')}/*")
-            env["HF_MODEL_ID"] = "/opt/ml/model"
+            # SageMaker copies the prefix to /opt/ml/model before the container starts (with the role's
+            # read on exactly that prefix), so an isolated container still finds its model.
+            grant_prefix(artifacts, self.role, settings.model_s3_prefix, "read")
+            bucket_lid = stack.resolve(stack.get_logical_id(artifacts.node.default_child))
+            acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::<{bucket_lid}.Arn>/{settings.model_s3_prefix}*]",
+                        reason="SageMaker copies every file of this one model version (its file names are the "
+                               "model's); listing carries an s3:prefix condition on the same prefix.")
             model_data = sagemaker.CfnModel.ModelDataSourceProperty(
                 s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
-                    s3_uri=f"s3://{artifacts.bucket_name}/{settings.model_s3_prefix.rstrip('/')}/",
+                    s3_uri=f"s3://{artifacts.bucket_name}/{settings.model_s3_prefix}",
                     s3_data_type="S3Prefix", compression_type="None"))
         self.model = sagemaker.CfnModel(
             self, "Model", execution_role_arn=self.role.role_arn,
+            # No network for the model container where it needs none: it cannot fetch other weights,
+            # reach the hub, or send anything out (SageMaker itself still moves the async job objects).
+            enable_network_isolation=settings.isolated,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image, environment=env, model_data_source=model_data))
         self.model.node.add_dependency(self.role)
