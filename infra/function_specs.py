@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 # Settings fields (functions/core/settings.py) every function that reads models gets.
 _MODELS = ("stage", "artifacts_bucket", "models", "default_embedding_model")
+_HTTP = ("cors_origins", "cors_headers")   # the functions that answer API Gateway (their CORS headers)
 _GENERATION = ("generation_models", "data_bucket", "heavy_endpoint_name", "heavy_models", "heavy_inference_component",
                "heavy_async_endpoint_name")
 # A function with ``streams`` answers through functions/stream_runtime.py (a Runtime API client that
@@ -47,11 +48,11 @@ class FunctionSpec:
 
 FUNCTIONS: tuple[FunctionSpec, ...] = (
     FunctionSpec("api", "Cirrus HTTP API (OpenAI-compatible routes)", "inference",
-                 (*_MODELS, "jobs_table", *_GENERATION), memory_mb=2048, timeout_s=29, ephemeral_mb=2048,
+                 (*_MODELS, "jobs_table", *_GENERATION, *_HTTP), memory_mb=2048, timeout_s=29, ephemeral_mb=2048,
                  reserved_concurrency=40),
     # The chat/completions routes (infra.resources.STREAMED_ROUTES), streamed or not: up to 15 min.
     FunctionSpec("generation", "Cirrus chat/completions, streamed (stream: true) or not", "inference",
-                 (*_MODELS, *_GENERATION), memory_mb=2048, timeout_s=300, ephemeral_mb=2048, streams=True,
+                 (*_MODELS, *_GENERATION, *_HTTP), memory_mb=2048, timeout_s=300, ephemeral_mb=2048, streams=True,
                  reserved_concurrency=20),
     # Its answers are cached per key for a minute (infra.constructs.api), so it runs far less often
     # than the API functions it guards.

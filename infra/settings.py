@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from infra.function_specs import FUNCTIONS, FUNCTIONS_BY_ID
-from infra.resources import RESOURCES
+from infra.resources import RESOURCES, Cors
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CDK_JSON = REPO_ROOT / "cdk.json"
@@ -26,6 +26,7 @@ LOG_RETENTION_DAYS = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 
 # SageMaker instance families with an NVIDIA GPU that TGI / DJL-LMI images run on.
 GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p3", "p4d", "p4de", "p5", "p5e")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,62}$")
+_ORIGIN = re.compile(r"https?://[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:\d{1,5})?")
 _VERSION_PREFIX = re.compile(r"models/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}/")
 
 
@@ -128,12 +129,40 @@ class ApiSettings(_Strict):
     waf: bool = False
     waf_rate_limit: int = Field(2000, ge=10, le=2_000_000_000)  # requests per 5 min per client IP
     docs: bool = False   # GET /openapi.json and the Swagger UI page at /docs, without a key
+    # Browser pages on these origins may call the API (CORS: preflight, headers on every answer).
+    # Exact "scheme://host[:port]" as a browser sends it, or "*". Empty (the default): no CORS, which a
+    # server-to-server API (prod) wants; dev lists the local dev-server ports (cdk.json).
+    cors_origins: tuple[str, ...] = ()
+    cors_headers: tuple[str, ...] = ()   # request headers a page may send besides CORS_ALLOW_HEADERS
     # Per API key (the stage's default usage plan; `keys create --rate/--burst/--quota` overrides per
     # key): one key cannot take the whole stage budget.
     key_rate_limit: float = Field(10.0, gt=0, le=10_000)        # steady requests/s per key
     key_burst_limit: int = Field(20, ge=1, le=5_000)
     key_quota: int | None = Field(None, ge=1)                   # requests per key_quota_period; None: no quota
     key_quota_period: Literal["DAY", "WEEK", "MONTH"] = "DAY"
+
+    @property
+    def cors(self) -> Cors:
+        return Cors(origins=self.cors_origins, extra_headers=self.cors_headers)
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [o for o in v if o != "*" and not _ORIGIN.fullmatch(o)]
+        if bad:
+            raise ValueError(f"cors_origins must be '*' or exact origins like 'http://localhost:5173' "
+                             f"(scheme://host[:port], no path or wildcard), got {bad}")
+        if "*" in v and len(v) > 1:
+            raise ValueError("cors_origins: '*' already admits every origin; list it alone")
+        return v
+
+    @field_validator("cors_headers")
+    @classmethod
+    def _headers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [h for h in v if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", h)]
+        if bad:
+            raise ValueError(f"cors_headers must be header names, got {bad}")
+        return v
 
     @model_validator(mode="after")
     def _key_within_stage(self) -> "ApiSettings":

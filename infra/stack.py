@@ -52,6 +52,8 @@ class CirrusStack(Stack):
         values: dict[str, object] = {"stage": stage.name, "models": list(stage.models),
                                      "default_embedding_model": stage.default_embedding_model,
                                      "generation_models": list(stage.generation_models),
+                                     "cors_origins": list(stage.api.cors_origins),
+                                     "cors_headers": list(stage.api.cors_headers),
                                      "max_receive_count": receives.pop()}
         values |= {b.env: storage.buckets[b.id].bucket_name for b in RESOURCES.buckets}
         values |= {t.env: tables[t.id].table_name for t in RESOURCES.tables}

@@ -150,3 +150,71 @@ def test_a_model_served_from_the_artifacts_bucket_runs_network_isolated(synth):
     gets = [_object_prefix(r) for st in statements if "s3:GetObject" in as_list(st["Action"])
             for r in as_list(st["Resource"]) if _object_prefix(r) is not None]
     assert CITEST_MODEL_PREFIX in gets
+
+
+# --- CORS ------------------------------------------------------------------------------------------
+def _resource_paths(synth, stage: str) -> dict[str, str]:
+    """logical id of each ApiGateway::Resource -> its full path."""
+    resources = synth.resources(stage, "AWS::ApiGateway::Resource")
+    paths: dict[str, str] = {}
+
+    def path_of(lid: str) -> str:
+        if lid not in paths:
+            props = resources[lid]["Properties"]
+            parent = ref_id(props["ParentId"])
+            paths[lid] = (path_of(parent) if parent in resources else "") + "/" + props["PathPart"]
+        return paths[lid]
+
+    for lid in resources:
+        path_of(lid)
+    return paths
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_preflight_exists_on_every_route_exactly_where_the_stage_allows_origins(synth, stage):
+    from functions.core.contract import CORS_ALLOW_HEADERS
+    from infra.resources import ROUTES
+
+    origins = _stage(stage).api.cors_origins
+    paths = _resource_paths(synth, stage)
+    options = [m["Properties"] for m in synth.resources(stage, "AWS::ApiGateway::Method").values()
+               if m["Properties"]["HttpMethod"] == "OPTIONS"]
+    if not origins:
+        assert options == []
+        return
+    assert sorted(paths[ref_id(o["ResourceId"])] for o in options) == sorted({p for _, p in ROUTES})
+    for o in options:
+        assert o["AuthorizationType"] == "NONE" and o["ApiKeyRequired"] is False
+        assert o["Integration"]["Type"] == "MOCK"          # API Gateway answers; no function runs
+        (answer,) = o["Integration"]["IntegrationResponses"]
+        assert answer["StatusCode"] == "204"
+        params = answer["ResponseParameters"]
+        assert params["method.response.header.Access-Control-Allow-Headers"] == f"'{','.join(CORS_ALLOW_HEADERS)}'"
+        assert params["method.response.header.Access-Control-Allow-Origin"] == f"'{origins[0]}'"
+        template = answer["ResponseTemplates"]["application/json"]
+        assert all(f'$origin == "{o}"' in template for o in origins[1:])
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_gateway_responses_carry_cors_headers_where_the_stage_allows_origins(synth, stage):
+    origins = _stage(stage).api.cors_origins
+    for lid, gr in synth.resources(stage, "AWS::ApiGateway::GatewayResponse").items():
+        params = gr["Properties"]["ResponseParameters"]
+        if not origins:
+            assert not [k for k in params if "Access-Control" in k], lid
+            continue
+        assert params["gatewayresponse.header.Access-Control-Allow-Origin"] == "method.request.header.Origin"
+        assert "Retry-After" in params["gatewayresponse.header.Access-Control-Expose-Headers"]
+        assert params["gatewayresponse.header.Vary"] == "'Origin'"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_http_functions_receive_the_stage_origins(synth, stage):
+    origins = ",".join(_stage(stage).api.cors_origins)
+    fns = {k: v["Properties"] for k, v in synth.resources(stage, "AWS::Lambda::Function").items()
+           if k.startswith("Functions")}
+    for prefix in ("Functionsapi", "Functionsgeneration"):
+        (props,) = [p for k, p in fns.items() if k.startswith(prefix)]
+        assert props["Environment"]["Variables"]["CIRRUS_CORS_ORIGINS"] == origins
+    (auth,) = [p for k, p in fns.items() if k.startswith("Functionsauthorizer")]
+    assert "CIRRUS_CORS_ORIGINS" not in auth["Environment"]["Variables"]

@@ -123,3 +123,21 @@ def test_every_function_has_a_reserved_concurrency_from_its_spec_or_the_stage():
 def test_concurrency_outside_the_budget_stops_synth(functions, needle):
     with pytest.raises(StageSettingsError, match=needle):
         parse_stage({"s": {"functions": functions}}, "s")
+
+
+@pytest.mark.parametrize(("origins", "needle"), [
+    (["http://localhost:*"], "exact origins"),
+    (["https://app.example.com/"], "exact origins"),
+    (["app.example.com"], "exact origins"),
+    (["*", "https://app.example.com"], "list it alone"),
+])
+def test_bad_cors_origins_stop_synth(origins, needle):
+    with pytest.raises(StageSettingsError, match=needle):
+        parse_stage({"s": {"api": {"cors_origins": origins}}}, "s")
+
+
+def test_cors_is_off_unless_a_stage_lists_origins():
+    assert parse_stage({"s": {}}, "s").api.cors.enabled is False
+    assert all_stages()["prod"].api.cors.enabled is False
+    dev = all_stages()["dev"].api.cors
+    assert dev.enabled and all(o.startswith(("http://localhost:", "http://127.0.0.1:")) for o in dev.origins)
