@@ -188,6 +188,9 @@ class HeavyEndpointSettings(_Strict):
     # Or: serve a copy in the artifacts bucket, ``models/<name>/<version>/`` (uncompressed, the files
     # the container expects; versions are immutable in the registry): the container needs no network.
     model_s3_prefix: str | None = None
+    # With model_s3_prefix: the sha256 of the copy's cirrus-weights.json (`model_export publish-weights`
+    # prints it). The deploy checks the copy against it before the SageMaker model is created.
+    model_manifest_sha256: str | None = None
     # The model container's network: None means isolated exactly when it needs no network, i.e. when
     # the model comes from model_s3_prefix (SageMaker copies it in before the container starts).
     network_isolation: bool | None = None
@@ -232,6 +235,9 @@ class HeavyEndpointSettings(_Strict):
             if self.model_revision is not None:
                 raise ValueError("model_revision pins a hub download; with model_s3_prefix the copy in S3 is "
                                  "served: set one of them")
+            if self.model_manifest_sha256 is None:
+                raise ValueError("model_s3_prefix needs model_manifest_sha256: the sha256 of the copy's "
+                                 "cirrus-weights.json that `python -m model_export publish-weights` printed")
         elif self.enabled and self.model_revision is None and not self.allow_unpinned_model:
             raise ValueError(f"heavy.model_revision is not set: {self.model_id!r} would be served as whatever the "
                              "hub holds when each instance starts. Set model_revision to the commit sha (40 hex), "
@@ -240,6 +246,13 @@ class HeavyEndpointSettings(_Strict):
             raise ValueError("network_isolation needs model_s3_prefix: an isolated container cannot download "
                              "a hub model")
         return self
+
+    @field_validator("model_manifest_sha256")
+    @classmethod
+    def _manifest_sha(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError(f"model_manifest_sha256 must be 64 lowercase hex, got {v!r}")
+        return v
 
     @field_validator("model_revision")
     @classmethod

@@ -41,7 +41,10 @@ class CirrusStack(Stack):
         tables = Tables(self, "Tables", key=key, retain=retain)
         batch = Batch(self, "Batch", stage=stage, key=key)
         heavy = (HeavyEndpoint(self, "Heavy", stage_name=stage.name, settings=stage.heavy, key=key,
-                               artifacts=storage.artifacts) if stage.heavy.enabled else None)
+                               artifacts=storage.artifacts,
+                               check_logs=encrypted_log_group(self, "HeavyWeightsCheckLogs", key=key, stage=stage)
+                               if stage.heavy.model_s3_prefix else None)
+                 if stage.heavy.enabled else None)
         heavy_async = (HeavyAsyncEndpoint(self, "HeavyAsync", heavy=heavy, data=storage.data, key=key)
                        if heavy is not None and stage.heavy.async_enabled else None)
 

@@ -218,3 +218,23 @@ def test_the_http_functions_receive_the_stage_origins(synth, stage):
         assert props["Environment"]["Variables"]["CIRRUS_CORS_ORIGINS"] == origins
     (auth,) = [p for k, p in fns.items() if k.startswith("Functionsauthorizer")]
     assert "CIRRUS_CORS_ORIGINS" not in auth["Environment"]["Variables"]
+
+
+def test_a_model_copy_is_checked_against_its_pin_before_the_model_is_created(synth):
+    from conftest import CITEST_MANIFEST_SHA256
+    from infra.constructs.heavy_endpoint import WEIGHTS_CHECK_SOURCE
+
+    template = synth.templates["citest"]["Resources"]
+    (check_id, check), = [(k, v) for k, v in template.items() if v["Type"] == "Custom::CirrusWeightsCheck"]
+    props = check["Properties"]
+    assert props["Prefix"] == CITEST_MODEL_PREFIX and props["ManifestSha256"] == CITEST_MANIFEST_SHA256
+    fn = template[ref_id(props["ServiceToken"])]["Properties"]
+    assert fn["Code"]["ZipFile"] == WEIGHTS_CHECK_SOURCE.read_text() and fn["Handler"] == "index.handler"
+    assert len(fn["Code"]["ZipFile"]) <= 4096          # CloudFormation's limit for inline code
+    (model_id,) = [k for k, v in template.items() if v["Type"] == "AWS::SageMaker::Model"]
+    assert check_id in template[model_id]["DependsOn"]
+    statements = _policies_of_role(synth, "citest", "HeavyWeightsCheckRole")
+    lists = [st["Condition"] for st in statements if "s3:ListBucket" in as_list(st["Action"])]
+    assert lists == [{"StringLike": {"s3:prefix": [f"{CITEST_MODEL_PREFIX}*"]}}]
+    # A hub model (prod) has no copy to check.
+    assert not [v for v in synth.templates["prod"]["Resources"].values() if v["Type"] == "Custom::CirrusWeightsCheck"]

@@ -77,7 +77,8 @@ PIN = "0123456789abcdef0123456789abcdef01234567"
     ({"model_revision": PIN[:12]}, "model_revision must be a full commit sha"),
     ({"model_s3_prefix": "models/qwen/"}, "must be a registry version prefix"),
     ({"model_s3_prefix": "weights/qwen/1/"}, "must be a registry version prefix"),
-    ({"model_s3_prefix": "models/qwen/1/", "model_revision": PIN}, "set one of them"),
+    ({"model_s3_prefix": "models/qwen/1/", "model_revision": PIN, "model_manifest_sha256": "a" * 64},
+     "set one of them"),
     ({"model_revision": PIN, "network_isolation": True}, "network_isolation needs model_s3_prefix"),
 ])
 def test_a_heavy_model_that_is_not_pinned_stops_synth(heavy, needle):
@@ -88,9 +89,11 @@ def test_a_heavy_model_that_is_not_pinned_stops_synth(heavy, needle):
 def test_a_heavy_model_is_pinned_by_revision_or_s3_copy_or_explicitly_unpinned():
     pinned = parse_stage({"s": {"heavy": {"enabled": True, "model_revision": PIN}}}, "s").heavy
     assert pinned.model_revision == PIN and pinned.isolated is False
-    copied = parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/2026-01-01/"}}}, "s").heavy
+    sha = {"model_manifest_sha256": "a" * 64}
+    copied = parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/2026-01-01/", **sha}}},
+                         "s").heavy
     assert copied.isolated is True   # the default for a model that needs no download
-    assert parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/1/",
+    assert parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/1/", **sha,
                                         "network_isolation": False}}}, "s").heavy.isolated is False
     unpinned = parse_stage({"s": {"heavy": {"enabled": True, "allow_unpinned_model": True}}}, "s").heavy
     assert unpinned.model_revision is None and unpinned.isolated is False
@@ -141,3 +144,12 @@ def test_cors_is_off_unless_a_stage_lists_origins():
     assert all_stages()["prod"].api.cors.enabled is False
     dev = all_stages()["dev"].api.cors
     assert dev.enabled and all(o.startswith(("http://localhost:", "http://127.0.0.1:")) for o in dev.origins)
+
+
+def test_a_model_copy_needs_its_manifest_pin():
+    base = {"enabled": True, "model_s3_prefix": "models/qwen/1/"}
+    with pytest.raises(StageSettingsError, match="needs model_manifest_sha256"):
+        parse_stage({"s": {"heavy": base}}, "s")
+    with pytest.raises(StageSettingsError, match="64 lowercase hex"):
+        parse_stage({"s": {"heavy": {**base, "model_manifest_sha256": "abc"}}}, "s")
+    assert parse_stage({"s": {"heavy": {**base, "model_manifest_sha256": "a" * 64}}}, "s").heavy.isolated

@@ -137,7 +137,10 @@ def test_job_inputs_notify_the_job_events_queue(synth, stage):
 def test_every_log_group_is_kms_encrypted_with_retention(synth, stage):
     groups = synth.resources(stage, "AWS::Logs::LogGroup")
     uploads_bundles = bool(synth.resources(stage, "Custom::CDKBucketDeployment"))
-    assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles   # + API access logs (+ bundle deploy)
+    checks_weights = bool([r for r in synth.templates[stage]["Resources"].values()
+                           if r["Type"] == "Custom::CirrusWeightsCheck"])
+    # + API access logs (+ bundle deploy) (+ the GPU model copy's deploy-time check)
+    assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles + checks_weights
     for g in groups.values():
         assert ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
         assert g["Properties"]["RetentionInDays"] > 0
