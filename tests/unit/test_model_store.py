@@ -214,3 +214,19 @@ def test_staging_folders_left_by_a_killed_process_are_removed_on_the_next_downlo
     shutil.rmtree(cache / published["version"])
     assert embed()[0] == 200
     assert sorted(p.name for p in cache.iterdir()) == [published["version"]]
+
+
+def test_a_download_in_progress_in_this_process_survives_another_stores_sweep(s3_env, tmp_path):
+    import os
+
+    cache = tmp_path / "cache" / EMBEDDER
+    ours = cache / f".partial-v1-{os.getpid()}-0a0b0c0d"
+    ours.mkdir(parents=True)
+    with model_store._IN_PROGRESS_LOCK:
+        model_store._IN_PROGRESS.add(ours)
+    try:
+        assert model_store.store().remove_stale_staging(cache) == []    # a rebuilt store: still in progress
+    finally:
+        with model_store._IN_PROGRESS_LOCK:
+            model_store._IN_PROGRESS.discard(ours)
+    assert model_store.store().remove_stale_staging(cache) == [ours.name]   # finished or dead: a leftover

@@ -38,6 +38,10 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 STAGING_PREFIX = ".partial-"
 # .partial-<version>-<pid>-<random>: the pid says whether the process that stages it still runs.
 _STAGING = re.compile(r"^\.partial-.+-(\d+)-[0-9a-f]{8}$")
+# This process's downloads in progress (every store of the process: a store rebuilt mid-download
+# must not take another one's folder for a leftover).
+_IN_PROGRESS: set[Path] = set()
+_IN_PROGRESS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,6 @@ class ModelStore:
         self._models: dict[str, OnnxModel] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
-        self._staging: set[Path] = set()   # this process's downloads in progress
 
     # --- lookup ------------------------------------------------------------------------------------
     def check_name(self, name: str) -> None:
@@ -165,8 +168,8 @@ class ModelStore:
         self.remove_stale_staging(final.parent)
         staging = final.parent / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         staging.mkdir()
-        with self._guard:
-            self._staging.add(staging)
+        with _IN_PROGRESS_LOCK:
+            _IN_PROGRESS.add(staging)
         try:
             manifest = self._download(name, version, digest, staging)
             staging.replace(final)
@@ -174,8 +177,8 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         finally:
-            with self._guard:
-                self._staging.discard(staging)
+            with _IN_PROGRESS_LOCK:
+                _IN_PROGRESS.discard(staging)
         return final, manifest, "s3"
 
     def remove_stale_staging(self, model_cache: Path) -> list[str]:
@@ -183,8 +186,8 @@ class ModelStore:
         process that is gone (a timed-out Lambda keeps /tmp for the next one), by this process but no
         longer in progress, or named the old way (no pid). Returns the names removed."""
         removed = []
-        with self._guard:
-            active = set(self._staging)
+        with _IN_PROGRESS_LOCK:
+            active = set(_IN_PROGRESS)
         for path in model_cache.glob(f"{STAGING_PREFIX}*"):
             m = _STAGING.match(path.name)
             pid = int(m.group(1)) if m else None
