@@ -11,20 +11,8 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-# A stage only tests use: heavy endpoint on an EBS-backed GPU (takes the KMS key) as a classic,
-# always-on variant serving its model from the artifacts bucket (network-isolated), so both endpoint
-# modes, both encryption paths and both model sources (prod: a pinned hub revision) are synthesized once.
-CITEST_MODEL_PREFIX = "models/qwen2.5-1.5b-instruct/2026-01-01/"
-CITEST_MANIFEST_SHA256 = "5" * 64
-CITEST_STAGE = {
-    "architecture": "arm64",
-    "upload_bundles": False,
-    "api": {"waf": False},
-    "heavy": {"enabled": True, "instance_type": "ml.p3.2xlarge", "image": "djl-lmi",
-              "scale_to_zero": False, "min_capacity": 1, "max_capacity": 3,
-              "model_s3_prefix": CITEST_MODEL_PREFIX, "model_manifest_sha256": CITEST_MANIFEST_SHA256},
-}
-STAGES = ("dev", "prod", "citest")
+# The synthesized stages, the test-only stage among them (tests/infra/template_support.py).
+from template_support import CITEST_STAGE, STAGES  # noqa: E402
 
 
 @dataclass

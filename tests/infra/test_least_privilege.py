@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CITEST_MODEL_PREFIX, STAGES
 from infra.function_specs import FUNCTIONS
 from infra.settings import StageSettings, all_stages
-from template_support import as_list, ref_id
+from template_support import CITEST_MANIFEST_SHA256, CITEST_MODEL_PREFIX, CITEST_STAGE, STAGES, as_list, ref_id
 
 PROD_REVISION = "989aa7980e4cf806f80c7fef2b1adb7bc71aa306"
 
 
 def _stage(stage: str) -> StageSettings:
-    from conftest import CITEST_STAGE
-
     return all_stages()[stage] if stage != "citest" else StageSettings(name="citest", **CITEST_STAGE)
 
 
@@ -221,7 +218,6 @@ def test_the_http_functions_receive_the_stage_origins(synth, stage):
 
 
 def test_a_model_copy_is_checked_against_its_pin_before_the_model_is_created(synth):
-    from conftest import CITEST_MANIFEST_SHA256
     from infra.constructs.heavy_endpoint import WEIGHTS_CHECK_SOURCE
 
     template = synth.templates["citest"]["Resources"]
