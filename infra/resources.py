@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from functions.core.contract import (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, CORS_MAX_AGE_S, CORS_METHODS,
+                                     cors_allow_origin)
+
 
 @dataclass(frozen=True)
 class Key:
@@ -123,6 +126,50 @@ DOCS_ROUTES: tuple[tuple[str, str], ...] = (
 # POST routes that take no body (clients send none, yet label it application/json): the gateway's
 # JSON-object check does not apply to them. (Multipart uploads are not application/json: unchecked.)
 BODYLESS_POSTS: frozenset[str] = frozenset({"/v1/batches/{id}/cancel"})
+
+
+@dataclass(frozen=True)
+class Cors:
+    """A stage's CORS as API Gateway applies it itself (infra.constructs.api), and the local gateway
+    likewise (local/gateway.py): the preflight (OPTIONS on every route's path, no key) and the headers
+    on the gateway's own error answers. The functions add the same headers to theirs
+    (functions/core/http/app.py) from ``Settings.cors_origins`` / ``cors_headers``."""
+
+    origins: tuple[str, ...]
+    extra_headers: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.origins)
+
+    @property
+    def allow_headers(self) -> tuple[str, ...]:
+        return (*CORS_ALLOW_HEADERS, *self.extra_headers)
+
+    def preflight_headers(self, origin: str | None) -> dict[str, str]:
+        """What the REST API's preflight answers (status 204): CDK's mock integration sets the first
+        listed origin and overrides it with the request's origin when that one is listed."""
+        allowed = cors_allow_origin(origin, self.origins) or self.origins[0]
+        return {"Access-Control-Allow-Origin": allowed, "Access-Control-Allow-Headers": ",".join(self.allow_headers),
+                "Access-Control-Allow-Methods": ",".join(CORS_METHODS), "Access-Control-Max-Age": str(CORS_MAX_AGE_S),
+                **({"Vary": "Origin"} if len(self.origins) > 1 else {})}
+
+    @property
+    def echoes_origin(self) -> bool:
+        """Gateway responses are static templates: with several origins they can only echo the caller's."""
+        return len(self.origins) > 1
+
+    def error_headers(self) -> dict[str, str | None]:
+        """Headers on the gateway's own answers (401, 403, 404, 413, 429, 5xx); None stands for "the
+        request's Origin" (``method.request.header.Origin``), all an error template can express for a
+        list of origins. The error bodies are the fixed ones below, so echoing exposes nothing."""
+        if not self.enabled:
+            return {}
+        out: dict[str, str | None] = {"Access-Control-Allow-Origin": None if self.echoes_origin else self.origins[0],
+                                      "Access-Control-Expose-Headers": ",".join(CORS_EXPOSE_HEADERS)}
+        if self.echoes_origin:
+            out["Vary"] = "Origin"
+        return out
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from constructs import Construct
 
 from infra.constructs import acknowledge
 from infra.constructs.api import Api
-from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload
+from infra.constructs.artifacts import Artifacts, Bundle, BundleUpload, grant_prefix
 from infra.constructs.batch import Batch
 from infra.constructs.encryption import Encryption
 from infra.constructs.functions import Functions, encrypted_log_group, runtime_env
@@ -22,7 +22,8 @@ from infra.constructs.tables import Tables
 from infra.function_specs import FUNCTIONS
 from infra.resources import RESOURCES
 from infra.settings import StageSettings
-from functions.core.contract import JOBS_GENERATION_PREFIX, JOBS_INPUT_PREFIX, JOBS_OUTPUT_PREFIX, JOBS_WORK_PREFIX, MODELS_PREFIX
+from functions.core.contract import (JOBS_GENERATION_PREFIX, JOBS_INPUT_PREFIX, JOBS_OUTPUT_PREFIX, JOBS_WORK_PREFIX,
+                                     MODELS_PREFIX, OPENAI_BATCHES_PREFIX, OPENAI_FILES_PREFIX)
 
 class CirrusStack(Stack):
     def __init__(self, scope: Construct, id: str, *, stage: StageSettings, assets: dict[str, Path],
@@ -41,7 +42,10 @@ class CirrusStack(Stack):
         tables = Tables(self, "Tables", key=key, retain=retain)
         batch = Batch(self, "Batch", stage=stage, key=key)
         heavy = (HeavyEndpoint(self, "Heavy", stage_name=stage.name, settings=stage.heavy, key=key,
-                               artifacts=storage.artifacts) if stage.heavy.enabled else None)
+                               artifacts=storage.artifacts,
+                               check_logs=encrypted_log_group(self, "HeavyWeightsCheckLogs", key=key, stage=stage)
+                               if stage.heavy.model_s3_prefix else None)
+                 if stage.heavy.enabled else None)
         heavy_async = (HeavyAsyncEndpoint(self, "HeavyAsync", heavy=heavy, data=storage.data, key=key)
                        if heavy is not None and stage.heavy.async_enabled else None)
 
@@ -52,6 +56,8 @@ class CirrusStack(Stack):
         values: dict[str, object] = {"stage": stage.name, "models": list(stage.models),
                                      "default_embedding_model": stage.default_embedding_model,
                                      "generation_models": list(stage.generation_models),
+                                     "cors_origins": list(stage.api.cors_origins),
+                                     "cors_headers": list(stage.api.cors_headers),
                                      "max_receive_count": receives.pop()}
         values |= {b.env: storage.buckets[b.id].bucket_name for b in RESOURCES.buckets}
         values |= {t.env: tables[t.id].table_name for t in RESOURCES.tables}
@@ -73,6 +79,11 @@ class CirrusStack(Stack):
         self._grant_s3(api, artifacts, models, "read")
         self._grant_s3(api, data, jobs_in, "put")         # presigned upload URLs for new jobs
         self._grant_s3(api, data, jobs_out, "read")       # presigned result URLs
+        # The OpenAI Files/Batches API: uploads, metadata, converted output files, batch records;
+        # an upload over the batch limit is deleted with its versions.
+        self._grant_s3(api, data, OPENAI_FILES_PREFIX, "read_write")
+        self._grant_s3(api, data, OPENAI_FILES_PREFIX, "delete")
+        self._grant_s3(api, data, OPENAI_BATCHES_PREFIX, "read_write")
         self._grant_table(api, tables["Jobs"], "read_write")
         # Chat/completions run in the generation function (infra.resources.STREAMED_ROUTES).
         self._grant_s3(generation, artifacts, models, "read")
@@ -110,7 +121,7 @@ class CirrusStack(Stack):
                                 functions=fns.functions, dlqs=batch.dlqs, heavy=heavy, heavy_async=heavy_async,
                                 alarm_email=stage.alarm_email)
         # Alarms publish to the encrypted topic as the CloudWatch service itself.
-        encryption.allow_service("cloudwatch.amazonaws.com")
+        encryption.allow_alarm_notifications()
 
         CfnOutput(self, "ApiUrl", value=self.api.url)
         CfnOutput(self, "ArtifactsBucket", value=artifacts.bucket_name)
@@ -129,10 +140,10 @@ class CirrusStack(Stack):
         return self.resolve(self.get_logical_id(cfn_parent.node.default_child))
 
     def _grant_s3(self, fn: lambda_.Function, bucket: s3.Bucket, prefix: str, mode: str) -> None:
-        {"read": bucket.grant_read, "put": bucket.grant_put, "read_write": bucket.grant_read_write,
-         "delete": bucket.grant_delete}[mode](fn, f"{prefix}*")
+        grant_prefix(bucket, fn, prefix, mode)
         findings = {f"Resource::<{self._lid(bucket)}.Arn>/{prefix}*":
-                    f"S3 access limited to the {prefix} prefix of this bucket."}
+                    f"Object access limited to the {prefix} prefix of this bucket; listing, where granted, "
+                    f"carries an s3:prefix condition on the same prefix."}
         for action in _S3_GRANT_WILDCARDS[mode]:
             findings[f"Action::{action}"] = _WILDCARD_REASONS[action]
         self._acknowledge(fn, findings)
@@ -155,18 +166,16 @@ class CirrusStack(Stack):
                 acknowledge(fn.role, id=f"AwsSolutions-IAM5[{finding}]", reason=reason)
 
 
+# Wildcard actions each grant mode leaves (infra.constructs.artifacts.grant_prefix): reads are the
+# exact s3:GetObject + s3:ListBucket (prefix-conditioned), so only CDK's put/delete grants add any.
 _S3_GRANT_WILDCARDS = {
-    "read": ("s3:GetObject*", "s3:GetBucket*", "s3:List*"),
+    "read": (),
     "put": ("s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
     "delete": ("s3:DeleteObject*",),
-    "read_write": ("s3:GetObject*", "s3:GetBucket*", "s3:List*", "s3:DeleteObject*", "s3:Abort*",
-                   "kms:GenerateDataKey*", "kms:ReEncrypt*"),
+    "read_write": ("s3:DeleteObject*", "s3:Abort*", "kms:GenerateDataKey*", "kms:ReEncrypt*"),
 }
 _WILDCARD_REASONS = {
-    "s3:GetObject*": "CDK grant_read: GetObject and its version/tagging/ACL reads, on a scoped prefix.",
-    "s3:GetBucket*": "CDK grant_read: bucket metadata reads needed by the SDK, this bucket only.",
-    "s3:List*": "CDK grant_read: listing this bucket (prefix-scoped by the object ARNs).",
-    "s3:DeleteObject*": "CDK grant_read_write/grant_delete: cleanup of chunk objects and rejected inputs "
+    "s3:DeleteObject*": "CDK grant_delete: cleanup of intermediate chunk objects and of rejected inputs "
                         "(with their versions), scoped prefix.",
     "s3:Abort*": "CDK grant_put: abort this function's own multipart uploads, scoped prefix.",
     "kms:GenerateDataKey*": "Data keys of the one Cirrus KMS key, for SSE-KMS writes (only that key).",

@@ -37,7 +37,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from functions.core.errors import BadRequest, CirrusError
 from functions.core.http.stream import read_prelude
-from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES
+from infra.resources import BODYLESS_POSTS, GATEWAY_RESPONSES, Cors
 from local.config import ACCOUNT_ID, REGION
 from local.lambdas import LambdaFunction
 
@@ -99,6 +99,10 @@ class Routes:
             if m and route.method == method:
                 return route.resource, (m.groupdict() or None)
         raise GatewayError("MISSING_AUTHENTICATION_TOKEN")  # REST APIs' answer to an unknown route
+
+    def has_resource(self, path: str) -> bool:
+        """Whether ``path`` is one of the API's resources, for any method (where the preflight lives)."""
+        return any(route.pattern.fullmatch(path) for route in self._routes)
 
 
 # ----------------------------------------------------------------------------- events
@@ -321,8 +325,11 @@ class Gateway:
                  cache_ttl_s: int = 0, timeout_s: float = INTEGRATION_TIMEOUT_S,
                  host: str = "127.0.0.1", stream: LambdaFunction | None = None,
                  streamed_routes: frozenset[tuple[str, str]] = frozenset(),
-                 public: Sequence[tuple[str, str]] = (), usage: UsageLimiter | None = None) -> None:
+                 public: Sequence[tuple[str, str]] = (), usage: UsageLimiter | None = None,
+                 cors: Cors | None = None) -> None:
         self.routes = Routes(list(routes) + [r for r in public if r not in routes])
+        self.cors_routes = Routes(routes)   # the REST API has a preflight on each route's resource
+        self.cors = cors if cors is not None and cors.enabled else None
         self.public = {resource for _, resource in public}  # methods without the authorizer or a usage key
         self.stream = stream
         self.streamed_routes = streamed_routes if stream is not None else frozenset()
@@ -341,10 +348,10 @@ class Gateway:
         try:
             resp = self._handle(req, request_id)
         except CirrusError as err:
-            resp = _error_response(err)
+            resp = self._with_cors(_error_response(err), req)
         except Exception:  # noqa: BLE001 - a gateway bug must still answer, and be in the log
             log.exception("gateway error request_id=%s", request_id)
-            resp = _error_response(GatewayError("DEFAULT_5XX", 500))
+            resp = self._with_cors(_error_response(GatewayError("DEFAULT_5XX", 500)), req)
         resp.headers += [("x-amzn-RequestId", request_id), ("x-amz-apigw-id", request_id[:16])]
         # Access log: ids, sizes and timings only; never the body or the Authorization header.
         log.info("ACCESS request_id=%s method=%s path=%s status=%d bytes_in=%d bytes_out=%d ms=%.1f",
@@ -357,6 +364,9 @@ class Gateway:
         if len(req.body) > MAX_PAYLOAD_BYTES:
             raise GatewayError("REQUEST_TOO_LARGE")
         path = unquote(urlsplit(req.target).path) or "/"
+        if req.method == "OPTIONS" and self.cors is not None and self.cors_routes.has_resource(path):
+            # The REST API's preflight: a mock integration, no authorizer, no usage key, no function.
+            return HttpResponse(204, list(self.cors.preflight_headers(req.header("origin")).items()), b"")
         resource, path_params = self.routes.match(req.method, path)
         if resource in self.public:
             authorizer_ctx = None
@@ -440,6 +450,17 @@ class Gateway:
         ctx["integrationLatency"] = int((time.perf_counter() - started) * 1000)
         usage_key = policy.get("usageIdentifierKey")
         return ctx, (usage_key if isinstance(usage_key, str) else None)
+
+
+    def _with_cors(self, resp: HttpResponse, req: HttpRequest) -> HttpResponse:
+        """The stage's CORS headers on one of the gateway's own answers, as its gateway responses add them."""
+        if self.cors is not None:
+            origin = req.header("origin")
+            for name, value in self.cors.error_headers().items():
+                value = origin if value is None else value
+                if value:
+                    resp.headers.append((name, value))
+        return resp
 
 
 def _validate_json_object(req: HttpRequest) -> None:

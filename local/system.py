@@ -283,7 +283,10 @@ class LocalSystem:
                       generation_models=[m for m in self.cfg.stage_settings().generation_models if m in models],
                       max_receive_count=prov.queues["Work"].max_receive_count,
                       # One user: files dropped in the bucket (`submit`) show in GET /v1/jobs for the dev key.
-                      batch_unowned_jobs_visible=True)
+                      batch_unowned_jobs_visible=True,
+                      # The stage's CORS, as the stack gives the api and generation functions.
+                      cors_origins=list(self.cfg.stage_settings().api.cors_origins),
+                      cors_headers=list(self.cfg.stage_settings().api.cors_headers))
         if self.cfg.batch_max_file_bytes is not None:
             fields["batch_max_file_bytes"] = self.cfg.batch_max_file_bytes
         if heavy_url:
@@ -315,7 +318,8 @@ class LocalSystem:
         apigw = client("apigateway", os.environ["AWS_ENDPOINT_URL"])
         gw = Gateway(api, auth, routes=ROUTES, stage=self.cfg.stage, cache_ttl_s=self.cfg.authorizer_cache_ttl_s,
                      host=self.cfg.host, stream=self._function(STREAM_FUNCTION), streamed_routes=STREAMED_ROUTES,
-                     public=DOCS_ROUTES, usage=UsageLimiter(lambda value: limits_for(apigw, value)))
+                     public=DOCS_ROUTES, usage=UsageLimiter(lambda value: limits_for(apigw, value)),
+                     cors=self.cfg.stage_settings().api.cors)
         try:
             server = GatewayServer(gw, self.cfg.host, self.cfg.port)
         except OSError as exc:

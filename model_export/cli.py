@@ -1,5 +1,5 @@
 """``python -m model_export <verb>``: export / quantize / validate / bundle / build / publish /
-rollback / list / build-defaults. Progress with timings on stderr, ``--json`` result on stdout,
+publish-weights / rollback / list / build-defaults. Progress with timings on stderr, ``--json`` result on stdout,
 one-line errors and a non-zero exit on bad input."""
 from __future__ import annotations
 
@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("publish", help="upload a bundle to S3 (SSE-KMS) and move the current pointer")
     p.add_argument("bundle", type=Path, help="bundle folder")
+    _s3_args(p)
+
+    p = verbs.add_parser("publish-weights",
+                         help="copy a GPU model folder (safetensors, config, tokenizer) to S3 with recorded "
+                              "sha256s, for heavy.model_s3_prefix; prints the heavy.model_manifest_sha256 to pin")
+    p.add_argument("folder", type=Path, help="the model folder the TGI / DJL-LMI container loads")
+    p.add_argument("--name", required=True, help="registry name, e.g. the served model: qwen2.5-1.5b-instruct")
+    p.add_argument("--version", required=True, help="a new version, e.g. the hub revision or a date")
     _s3_args(p)
 
     p = verbs.add_parser("rollback", help="move a model's current pointer back")
@@ -225,6 +233,13 @@ def _publish(args, progress):
                           progress=progress)
 
 
+def _publish_weights(args, progress):
+    from model_export.publish import publish_weights
+
+    return publish_weights(args.folder, args.bucket, name=args.name, version=args.version,
+                           kms_key_id=args.kms_key_id, endpoint_url=args.endpoint_url, progress=progress)
+
+
 def _rollback(args, progress):
     from model_export.publish import rollback
 
@@ -262,7 +277,7 @@ def _manifest_summary(manifest, path) -> dict[str, Any]:
 
 VERBS: dict[str, Callable[[argparse.Namespace, Progress], Any]] = {
     "export": _export, "quantize": _quantize, "validate": _validate, "bundle": _bundle, "build": _build,
-    "publish": _publish, "rollback": _rollback, "list": _list, "build-defaults": _build_defaults,
+    "publish": _publish, "publish-weights": _publish_weights, "rollback": _rollback, "list": _list, "build-defaults": _build_defaults,
 }
 
 

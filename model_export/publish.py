@@ -9,7 +9,9 @@ its sha256 and is KMS-encrypted.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from functions.core.aws.base import error_code, error_message, make_client
 from functions.core.aws.s3 import NOT_FOUND_CODES
 from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
-from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, pointer_key
+from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, bundle_prefix, pointer_key
 from model_export.errors import PublishError
 from model_export.progress import SILENT, Progress
+from model_export.weights_check import MANIFEST as WEIGHTS_MANIFEST, WeightsError, check_weights
 
 HISTORY_LIMIT = 50
 SHA_META = "sha256"  # object metadata key holding the file's hex sha256
@@ -140,6 +143,75 @@ def publish_bundle(bundle_dir: Path | str, bucket: str, *, kms_key_id: str | Non
             "pointer_moved": moved, "manifest_sha256": manifest_sha}
 
 
+SINGLE_PUT_MAX_BYTES = 5 * 1024 ** 3   # one PutObject: S3 stores the whole-object SHA-256 the check reads
+_SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def publish_weights(src_dir: Path | str, bucket: str, *, name: str, version: str, kms_key_id: str | None = None,
+                    s3_client=None, endpoint_url: str | None = None, progress: Progress = SILENT) -> dict[str, Any]:
+    """Copy a model folder for the GPU endpoint (what TGI / DJL-LMI load: config, tokenizer, safetensors)
+    to ``models/<name>/<version>/`` with its hashes recorded, and check the copy.
+
+    Every file but dot-files gets its sha256 in ``cirrus-weights.json`` (uploaded last) and is
+    uploaded with ``ChecksumSHA256``, so S3 refuses damaged bytes and keeps the digest, which
+    ``weights_check.check_weights`` (also the stack's deploy-time check) compares without downloading.
+    Versions are immutable: the same version with other bytes is refused. Returns the prefix and
+    the manifest's sha256, the value of ``heavy.model_manifest_sha256`` in cdk.json.
+    """
+    src = Path(src_dir)
+    if not src.is_dir():
+        raise PublishError(f"{src}: not a folder")
+    if not (_SAFE.match(name) and _SAFE.match(version)):
+        raise PublishError("name and version must be letters, digits, '.', '_' or '-'")
+    files: dict[str, dict[str, Any]] = {}
+    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+        rel = path.relative_to(src).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue   # .git*, .cache/ of hub downloads: not part of the model
+        if path.stat().st_size > SINGLE_PUT_MAX_BYTES:
+            raise PublishError(f"{rel} is over 5 GiB; re-shard the weights (save_pretrained(max_shard_size='4GB'))")
+        files[rel] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    if not files:
+        raise PublishError(f"{src}: no files to publish")
+    if WEIGHTS_MANIFEST in files:
+        raise PublishError(f"{src}: {WEIGHTS_MANIFEST} is the manifest's own name")
+    manifest = json.dumps({"format": "cirrus-weights/1", "name": name, "version": version, "files": files,
+                           "created_at": _now()}, indent=2, sort_keys=True).encode()
+    prefix = bundle_prefix(name, version)
+    s3 = s3_client or make_s3_client(endpoint_url)
+
+    def put(key: str, body, sha: str) -> None:
+        # S3 checks the bytes against this digest and keeps it with the object (ChecksumMode reads it back).
+        s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={SHA_META: sha}, ChecksumAlgorithm="SHA256",
+                      ChecksumSHA256=base64.b64encode(bytes.fromhex(sha)).decode(), **_encryption(kms_key_id))
+
+    try:
+        with progress.stage("publish-weights", f"s3://{bucket}/{prefix}"):
+            existing = _head(s3, bucket, prefix + WEIGHTS_MANIFEST)
+            if existing is not None:
+                published = s3.get_object(Bucket=bucket, Key=prefix + WEIGHTS_MANIFEST)["Body"].read()
+                if json.loads(published)["files"] != files:
+                    raise PublishError(f"{name}@{version} is already published with other files; versions "
+                                       "are immutable, use a new --version")
+                manifest = published   # republishing: nothing to upload, same pin
+            else:
+                for rel, entry in files.items():
+                    head = _head(s3, bucket, prefix + rel)
+                    if head is not None and head.get("Metadata", {}).get(SHA_META) == entry["sha256"]:
+                        continue   # an earlier, interrupted run uploaded it
+                    with open(src / rel, "rb") as body:
+                        put(prefix + rel, body, entry["sha256"])
+                    progress.info(f"[publish-weights] {rel} ({entry['bytes'] / 1e6:.1f} MB)")
+                put(prefix + WEIGHTS_MANIFEST, manifest, hashlib.sha256(manifest).hexdigest())
+            checked = check_weights(s3, bucket, prefix, hashlib.sha256(manifest).hexdigest())
+    except WeightsError as exc:
+        raise PublishError(f"verification failed: {exc}") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise _aws(f"publishing {name}@{version} to s3://{bucket}", exc) from None
+    return {"name": name, "version": version, "model_s3_prefix": prefix, **checked,
+            "model_manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+
+
 def _published_manifest(s3, bucket: str, name: str, version: str) -> tuple[Manifest, str]:
     """A published version's manifest and its sha256, after checking all its files are there."""
     key = bundle_key(name, version, MANIFEST_NAME)
@@ -154,8 +226,6 @@ def _published_manifest(s3, bucket: str, name: str, version: str) -> tuple[Manif
         head = _head(s3, bucket, bundle_key(name, version, rel))
         if head is None or head["ContentLength"] != entry.bytes:
             raise PublishError(f"{name}@{version} is incomplete in s3://{bucket}: {rel} missing or wrong size")
-    import hashlib
-
     return manifest, hashlib.sha256(raw).hexdigest()
 
 

@@ -25,6 +25,36 @@ JOBS_GENERATION_FAILURE_PREFIX = f"{JOBS_GENERATION_PREFIX}failed/"
 OPENAI_FILES_PREFIX = "openai/files/"        # <file id>/content, <file id>/meta.json
 OPENAI_BATCHES_PREFIX = "openai/batches/"    # <batch id>.json
 
+# --- HTTP headers and CORS ----------------------------------------------------------------------------
+MODEL_VERSION_HEADER = "X-Cirrus-Model-Version"
+ROUTE_HEADER = "x-cirrus-route"  # where a generation request ran, and why (functions/core/generation/router.py)
+# CORS (a browser page on another origin calling the API): the stage lists the origins
+# (infra.settings ApiSettings.cors_origins, CIRRUS_CORS_ORIGINS); the API Gateway preflight, the
+# gateway's own error responses, the functions' answers and the local gateway all use these.
+# Request headers a browser client sends: the key, JSON, the async preference, and what the official
+# openai JS client adds (X-Stainless-*, OpenAI-*). A stage adds its own with api.cors_headers.
+CORS_ALLOW_HEADERS: tuple[str, ...] = (
+    "Authorization", "Content-Type", "Prefer", "OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta",
+    "X-Stainless-Arch", "X-Stainless-Lang", "X-Stainless-OS", "X-Stainless-Package-Version",
+    "X-Stainless-Retry-Count", "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Timeout",
+)
+# Response headers a page's script may read besides the CORS-safelisted ones.
+CORS_EXPOSE_HEADERS: tuple[str, ...] = (MODEL_VERSION_HEADER, ROUTE_HEADER, "Retry-After", "x-amzn-RequestId")
+CORS_METHODS: tuple[str, ...] = ("GET", "POST", "OPTIONS")
+CORS_MAX_AGE_S = 600   # how long a browser may reuse a preflight answer
+
+
+def cors_allow_origin(origin: str | None, allowed: "list[str] | tuple[str, ...]") -> str | None:
+    """The ``Access-Control-Allow-Origin`` for a request from ``origin``: the origin itself when the
+    stage lists it (exact ``scheme://host[:port]``, as browsers send it), ``*`` when the stage lists
+    ``*``, else None (no CORS headers: the browser refuses to hand the answer to the page)."""
+    if not origin:
+        return None
+    if origin in allowed:
+        return origin
+    return "*" if "*" in allowed else None
+
+
 # --- SQS -----------------------------------------------------------------------------------------
 # AWS guidance: a queue's visibility timeout >= 6x its consuming function's timeout.
 VISIBILITY_FACTOR = 6

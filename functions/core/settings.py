@@ -76,11 +76,14 @@ class Settings(BaseModel):
     # Jobs of files dropped straight into the bucket have no owner: shown to every API key only when
     # set (a single-tenant stage, the local system); always shown to callers without an authorizer.
     batch_unowned_jobs_visible: bool = False
+    # --- browsers (CORS): the stage's api.cors_origins / api.cors_headers; empty: no CORS headers ---
+    cors_origins: list[str] = Field(default_factory=list)
+    cors_headers: list[str] = Field(default_factory=list)   # request headers allowed besides the standard ones
     # --- runtime ---
     intra_op_threads: int = 0  # 0: one per CPU the function has
     stage: str = "local"
 
-    @field_validator("models", "heavy_models", "generation_models", mode="before")
+    @field_validator("models", "heavy_models", "generation_models", "cors_origins", "cors_headers", mode="before")
     @classmethod
     def _split_csv(cls, v: object) -> object:
         if isinstance(v, str):

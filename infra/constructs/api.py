@@ -15,6 +15,7 @@ from infra.constructs.functions import encrypted_log_group
 # Routes and gateway responses are plain data, shared with the local gateway (local/gateway.py).
 from infra.resources import BODYLESS_POSTS, DOCS_ROUTES, GATEWAY_RESPONSES, ROUTES, STREAMED_ROUTES
 from infra.settings import StageSettings
+from functions.core.contract import CORS_MAX_AGE_S, CORS_METHODS
 
 AUTHORIZER_CACHE_TTL = Duration.seconds(60)   # a revoked key stops working within this time
 
@@ -79,6 +80,9 @@ class Api(Construct):
                 request_models=({"application/json": json_object}
                                 if verb == "POST" and path not in BODYLESS_POSTS else None),
             )
+        cors = stage.api.cors
+        if cors.enabled:
+            self._preflight(cors, {path for _, path in ROUTES})
         for verb, path in DOCS_ROUTES if stage.api.docs else ():
             method = self.rest_api.root.resource_for_path(path).add_method(
                 verb, integration, authorization_type=apigw.AuthorizationType.NONE)
@@ -102,7 +106,10 @@ class Api(Construct):
                 templates={"application/json": json.dumps(response.body())},
                 # Gateway response header values are mapping expressions: literals in single quotes.
                 response_headers={"Content-Type": "'application/json'",
-                                  **{k: f"'{v}'" for k, v in response.headers.items()}})
+                                  **{k: f"'{v}'" for k, v in response.headers.items()},
+                                  # A page on an allowed origin can read why it was refused.
+                                  **{k: "method.request.header.Origin" if v is None else f"'{v}'"
+                                     for k, v in cors.error_headers().items()}})
         acknowledge(self.rest_api, id="AwsSolutions-COG4",
             reason="Clients are services holding API keys; a Lambda TOKEN authorizer checks salted key hashes.")
         acknowledge(self.rest_api, id="AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
@@ -113,6 +120,19 @@ class Api(Construct):
             self.web_acl = None
             acknowledge(self.rest_api.deployment_stage, id="AwsSolutions-APIG3",
                 reason=f"WAF is switched off for stage {stage.name} in cdk.json (api.waf); prod turns it on.")
+
+    def _preflight(self, cors, paths: set[str]) -> None:
+        """OPTIONS on each route's resource, answered by API Gateway itself (a mock integration, no key):
+        browsers send no Authorization header with a preflight."""
+        for path in sorted(paths):
+            resource = self.rest_api.root.resource_for_path(path)
+            method = resource.add_cors_preflight(
+                allow_origins=list(cors.origins), allow_headers=list(cors.allow_headers),
+                allow_methods=list(CORS_METHODS), max_age=Duration.seconds(CORS_MAX_AGE_S), status_code=204)
+            acknowledge(method, id="AwsSolutions-APIG4",
+                        reason="CORS preflight (OPTIONS): browsers send it without credentials; API Gateway "
+                               "answers it itself from a mock integration and no function runs")
+            acknowledge(method, id="AwsSolutions-COG4", reason="CORS preflight, answered without a caller identity")
 
     @property
     def url(self) -> str:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import DefaultStackSynthesizer, Duration, RemovalPolicy, Stack
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -34,6 +35,37 @@ class Bundle:
     def read(cls, path: Path) -> "Bundle":
         m = Manifest.read(path)
         return cls(m.name, m.version, path, sha256_file(path / MANIFEST_NAME), m.created_at)
+
+
+def grant_prefix(bucket: s3.IBucket, grantee: iam.IGrantable, prefix: str, mode: str) -> None:
+    """Access to the objects under ``prefix`` only, listing included.
+
+    CDK's ``grant_read`` also gives ``s3:List*`` on the whole bucket (a prefix scopes object ARNs,
+    never a listing), so reads are written out here: ``s3:GetObject`` on ``<prefix>*`` and
+    ``s3:ListBucket`` with an ``s3:prefix`` condition, plus decrypt on the bucket's key. Writes are
+    CDK's ``grant_put`` / ``grant_delete`` on the same prefix (no listing in them). ``mode``:
+    ``read``, ``put``, ``read_write`` or ``delete`` (every version of an object under the prefix:
+    ``s3:DeleteObject*`` and ``s3:ListBucketVersions`` with the same ``s3:prefix`` condition).
+    """
+    if mode not in ("read", "put", "read_write", "delete"):
+        raise ValueError(f"unknown grant mode {mode!r}")
+    if mode == "delete":
+        bucket.grant_delete(grantee, f"{prefix}*")
+        iam.Grant.add_to_principal(grantee=grantee, actions=["s3:ListBucketVersions"],
+                                   resource_arns=[bucket.bucket_arn],
+                                   conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}})
+        return
+    if mode in ("read", "read_write"):
+        iam.Grant.add_to_principal(grantee=grantee, actions=["s3:GetObject"],
+                                   resource_arns=[bucket.arn_for_objects(f"{prefix}*")])
+        iam.Grant.add_to_principal(grantee=grantee, actions=["s3:ListBucket"], resource_arns=[bucket.bucket_arn],
+                                   conditions={"StringLike": {"s3:prefix": [f"{prefix}*"]}})
+        if bucket.encryption_key is not None:
+            bucket.encryption_key.grant_decrypt(grantee)
+    if mode in ("put", "read_write"):
+        bucket.grant_put(grantee, f"{prefix}*")
+    if mode == "read_write":
+        bucket.grant_delete(grantee, f"{prefix}*")
 
 
 class Artifacts(Construct):

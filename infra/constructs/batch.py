@@ -82,6 +82,9 @@ class Batch(Construct):
             fn.add_event_source(sources.SqsEventSource(
                 queue,
                 batch_size=self.stage.functions.sqs_batch_size_for(consumer),
+                # Within the function's reserved concurrency: throttled deliveries would count
+                # towards maxReceiveCount and dead-letter messages that were never run.
+                max_concurrency=self.stage.functions.sqs_max_concurrency_for(consumer),
                 # Only failed messages return to the queue; the rest of the batch is not redone.
                 report_batch_item_failures=True,
             ))

@@ -74,9 +74,12 @@ class Functions(Construct):
                 code=code[spec.asset],
                 memory_size=cfg.memory_mb,
                 timeout=Duration.seconds(cfg.timeout_s),
-                reserved_concurrent_executions=cfg.reserved_concurrency,
+                reserved_concurrent_executions=cfg.reserved_concurrency,   # always set (infra.settings)
                 ephemeral_storage_size=Size.mebibytes(spec.ephemeral_mb),
                 tracing=lambda_.Tracing.ACTIVE,
+                # The variables hold resource names only, yet they are encrypted at rest with the
+                # stage's own key like every other store (not Lambda's AWS-managed key).
+                environment_encryption=key,
                 role=role,
                 log_group=log_group,
                 environment={

@@ -1,16 +1,21 @@
 """HeavyEndpoint: an LLM container (HF TGI or DJL-LMI) on a GPU SageMaker endpoint, autoscaled, idle at zero."""
 from __future__ import annotations
 
-from aws_cdk import CfnMapping, Duration, Stack
+from pathlib import Path
+
+from aws_cdk import CfnMapping, CustomResource, Duration, Stack
 from aws_cdk import aws_applicationautoscaling as appscaling
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_sagemaker as sagemaker
 from constructs import Construct
 
 from infra.constructs import acknowledge, nag_env
+from infra.constructs.artifacts import grant_prefix
 from infra.settings import HeavyEndpointSettings
 
 # Container images (AWS Deep Learning Containers). Repository + tag per image kind; the registry
@@ -38,6 +43,32 @@ LOCAL_STORAGE_FAMILIES = ("g4dn", "g5", "g6", "g6e", "p4d", "p4de", "p5", "p5e")
 # GPU memory per instance (MiB) that one model copy may reserve (inference components need a number).
 COPY_MEMORY_MB = 12_288
 VARIANT = "AllTraffic"
+
+
+# The deploy-time check's code (self-contained; it is also what `model_export publish-weights` checks with).
+WEIGHTS_CHECK_SOURCE = Path(__file__).resolve().parents[2] / "model_export" / "weights_check.py"
+MODEL_DIR = "/opt/ml/model"   # where SageMaker puts an S3 model data source inside the container
+
+
+def model_environment(settings: HeavyEndpointSettings) -> dict[str, str]:
+    """The container's environment: which model it serves, pinned (infra.settings validates the pin).
+
+    TGI (the Hugging Face LLM DLC) downloads ``HF_MODEL_ID`` at ``HF_MODEL_REVISION``; DJL-LMI takes
+    the revision as ``OPTION_REVISION``. With ``model_s3_prefix`` both load the copied folder.
+    """
+    model = MODEL_DIR if settings.model_s3_prefix else settings.model_id
+    revision = None if settings.model_s3_prefix else settings.model_revision
+    if settings.image == "djl-lmi":
+        env = {"HF_MODEL_ID": model, "OPTION_ROLLING_BATCH": "lmi-dist",
+               "TENSOR_PARALLEL_DEGREE": str(settings.num_gpus), "OPTION_MAX_MODEL_LEN": "4096"}
+        if revision:
+            env["OPTION_REVISION"] = revision
+        return env
+    env = {"HF_MODEL_ID": model, "SM_NUM_GPUS": str(settings.num_gpus),
+           "MESSAGES_API_ENABLED": "true", "MAX_INPUT_TOKENS": "3072", "MAX_TOTAL_TOKENS": "4096"}
+    if revision:
+        env["HF_MODEL_REVISION"] = revision
+    return env
 
 
 def takes_kms_key(instance_type: str) -> bool:
@@ -88,7 +119,7 @@ class HeavyEndpoint(Construct):
     """
 
     def __init__(self, scope: Construct, id: str, *, stage_name: str, settings: HeavyEndpointSettings,
-                 key: kms.IKey, artifacts: s3.IBucket) -> None:
+                 key: kms.IKey, artifacts: s3.IBucket, check_logs: logs.ILogGroup | None = None) -> None:
         super().__init__(scope, id)
         stack = Stack.of(self)
         self.settings = settings
@@ -112,24 +143,32 @@ class HeavyEndpoint(Construct):
             actions=["cloudwatch:PutMetricData"], resources=["*"],
             conditions={"StringLike": {"cloudwatch:namespace": ["/aws/sagemaker/*", "AWS/SageMaker*"]}}))
         key.grant_encrypt_decrypt(self.role)
-        env = {"HF_MODEL_ID": settings.model_id, "SM_NUM_GPUS": str(settings.num_gpus),
-               "MESSAGES_API_ENABLED": "true", "MAX_INPUT_TOKENS": "3072", "MAX_TOTAL_TOKENS": "4096"}
-        if settings.image == "djl-lmi":
-            env = {"HF_MODEL_ID": settings.model_id, "OPTION_ROLLING_BATCH": "lmi-dist",
-                   "TENSOR_PARALLEL_DEGREE": str(settings.num_gpus), "OPTION_MAX_MODEL_LEN": "4096"}
+        env = model_environment(settings)
         model_data = None
         if settings.model_s3_prefix:
-            artifacts.grant_read(self.role, f"{settings.model_s3_prefix.rstrip('/')}/*")
-            env["HF_MODEL_ID"] = "/opt/ml/model"
+            # SageMaker copies the prefix to /opt/ml/model before the container starts (with the role's
+            # read on exactly that prefix), so an isolated container still finds its model.
+            grant_prefix(artifacts, self.role, settings.model_s3_prefix, "read")
+            bucket_lid = stack.resolve(stack.get_logical_id(artifacts.node.default_child))
+            acknowledge(self.role, id=f"AwsSolutions-IAM5[Resource::<{bucket_lid}.Arn>/{settings.model_s3_prefix}*]",
+                        reason="SageMaker copies every file of this one model version (its file names are the "
+                               "model's); listing carries an s3:prefix condition on the same prefix.")
             model_data = sagemaker.CfnModel.ModelDataSourceProperty(
                 s3_data_source=sagemaker.CfnModel.S3DataSourceProperty(
-                    s3_uri=f"s3://{artifacts.bucket_name}/{settings.model_s3_prefix.rstrip('/')}/",
+                    s3_uri=f"s3://{artifacts.bucket_name}/{settings.model_s3_prefix}",
                     s3_data_type="S3Prefix", compression_type="None"))
         self.model = sagemaker.CfnModel(
             self, "Model", execution_role_arn=self.role.role_arn,
+            # No network for the model container where it needs none: it cannot fetch other weights,
+            # reach the hub, or send anything out (SageMaker itself still moves the async job objects).
+            enable_network_isolation=settings.isolated,
             primary_container=sagemaker.CfnModel.ContainerDefinitionProperty(
                 image=image, environment=env, model_data_source=model_data))
         self.model.node.add_dependency(self.role)
+        if settings.model_s3_prefix:
+            if check_logs is None:
+                raise ValueError("a model served from model_s3_prefix needs check_logs for its deploy-time check")
+            self.model.node.add_dependency(self._weights_check(settings, artifacts, check_logs))
 
         variant = sagemaker.CfnEndpointConfig.ProductionVariantProperty(
             variant_name=VARIANT,
@@ -174,6 +213,41 @@ class HeavyEndpoint(Construct):
             self._inference_component(settings)
         else:
             self._variant_autoscaling(settings)
+
+    def _weights_check(self, settings: HeavyEndpointSettings, artifacts: s3.IBucket,
+                       log_group: logs.ILogGroup) -> CustomResource:
+        """A deploy-time check (model_export/weights_check.py) that the copy under model_s3_prefix is the
+        one the stage pins: its manifest's sha256, no file missing or extra, each object's stored SHA-256.
+        CloudFormation runs it before it creates the model and fails the deploy when the copy differs;
+        it runs again whenever the prefix or the pin changes."""
+        role = iam.Role(self, "WeightsCheckRole", assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
+                        description="Cirrus deploy-time check of the GPU model copy")
+        log_group.grant_write(role)
+        grant_prefix(artifacts, role, settings.model_s3_prefix, "read")
+        fn = lambda_.Function(
+            self, "WeightsCheck", description="Cirrus: check the GPU model copy against its recorded sha256s",
+            runtime=lambda_.Runtime.PYTHON_3_13, handler="index.handler",
+            code=lambda_.Code.from_inline(WEIGHTS_CHECK_SOURCE.read_text()),
+            timeout=Duration.minutes(5), memory_size=256, role=role, log_group=log_group)
+        check = CustomResource(self, "WeightsChecked", service_token=fn.function_arn,
+                               resource_type="Custom::CirrusWeightsCheck",
+                               properties={"Bucket": artifacts.bucket_name, "Prefix": settings.model_s3_prefix,
+                                           "ManifestSha256": settings.model_manifest_sha256})
+        check.node.add_dependency(role)
+        stack = Stack.of(self)
+        bucket_lid = stack.resolve(stack.get_logical_id(artifacts.node.default_child))
+        deploy_only = "Runs only while CloudFormation deploys the stack (a custom resource), never per request"
+        acknowledge(role, id=f"AwsSolutions-IAM5[Resource::<{bucket_lid}.Arn>/{settings.model_s3_prefix}*]",
+                    reason="Reads the files of this one model version to check them; listing is "
+                           "s3:prefix-conditioned.")
+        for rule, reason in {
+            "AwsSolutions-L1": f"{deploy_only}; pinned to the runtime its inline code is written for.",
+            "Serverless-LambdaLatestVersion": f"{deploy_only}; pinned to the runtime its inline code is written for.",
+            "Serverless-LambdaDLQ": f"{deploy_only}; CloudFormation invokes it and reports a failure itself.",
+            "Serverless-LambdaTracing": f"{deploy_only}; nothing to trace at request time.",
+        }.items():
+            acknowledge(fn, id=rule, reason=reason)
+        return check
 
     def _image(self, settings: HeavyEndpointSettings) -> tuple[str, str, str]:
         """(image URI, registry account, repository name); the account is a per-region mapping."""

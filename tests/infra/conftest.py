@@ -11,16 +11,8 @@ import pytest
 
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
-# A stage only tests use: heavy endpoint on an EBS-backed GPU (takes the KMS key) as a classic,
-# always-on variant, so both endpoint modes and both encryption paths are synthesized once.
-CITEST_STAGE = {
-    "architecture": "arm64",
-    "upload_bundles": False,
-    "api": {"waf": False},
-    "heavy": {"enabled": True, "instance_type": "ml.p3.2xlarge", "image": "djl-lmi",
-              "scale_to_zero": False, "min_capacity": 1, "max_capacity": 3},
-}
-STAGES = ("dev", "prod", "citest")
+# The synthesized stages, the test-only stage among them (tests/infra/template_support.py).
+from template_support import CITEST_STAGE, STAGES  # noqa: E402
 
 
 @dataclass

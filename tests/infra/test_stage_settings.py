@@ -65,3 +65,91 @@ def test_settings_module_does_not_need_the_cdk():
     code = ("import sys; import infra.settings, infra.resources, infra.assets; "
             "assert not any(m.startswith(('aws_cdk', 'jsii', 'cdk_nag')) for m in sys.modules), 'cdk imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+PIN = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.mark.parametrize(("heavy", "needle"), [
+    ({}, "heavy.model_revision is not set"),
+    ({"model_revision": "main"}, "model_revision must be a full commit sha"),
+    ({"model_revision": PIN.upper()}, "model_revision must be a full commit sha"),
+    ({"model_revision": PIN[:12]}, "model_revision must be a full commit sha"),
+    ({"model_s3_prefix": "models/qwen/"}, "must be a registry version prefix"),
+    ({"model_s3_prefix": "weights/qwen/1/"}, "must be a registry version prefix"),
+    ({"model_s3_prefix": "models/qwen/1/", "model_revision": PIN, "model_manifest_sha256": "a" * 64},
+     "set one of them"),
+    ({"model_revision": PIN, "network_isolation": True}, "network_isolation needs model_s3_prefix"),
+])
+def test_a_heavy_model_that_is_not_pinned_stops_synth(heavy, needle):
+    with pytest.raises(StageSettingsError, match=needle):
+        parse_stage({"s": {"heavy": {"enabled": True, **heavy}}}, "s")
+
+
+def test_a_heavy_model_is_pinned_by_revision_or_s3_copy_or_explicitly_unpinned():
+    pinned = parse_stage({"s": {"heavy": {"enabled": True, "model_revision": PIN}}}, "s").heavy
+    assert pinned.model_revision == PIN and pinned.isolated is False
+    sha = {"model_manifest_sha256": "a" * 64}
+    copied = parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/2026-01-01/", **sha}}},
+                         "s").heavy
+    assert copied.isolated is True   # the default for a model that needs no download
+    assert parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": "models/qwen/1/", **sha,
+                                        "network_isolation": False}}}, "s").heavy.isolated is False
+    unpinned = parse_stage({"s": {"heavy": {"enabled": True, "allow_unpinned_model": True}}}, "s").heavy
+    assert unpinned.model_revision is None and unpinned.isolated is False
+    # A stage without the endpoint needs no pin.
+    assert parse_stage({"s": {}}, "s").heavy.enabled is False
+    assert all_stages()["prod"].heavy.model_revision is not None
+
+
+def test_every_function_has_a_reserved_concurrency_from_its_spec_or_the_stage():
+    from infra.function_specs import FUNCTIONS
+
+    stage = parse_stage({"s": {"functions": {"api": {"memory_mb": 4096}}}}, "s")
+    for spec in FUNCTIONS:
+        assert stage.functions.of(spec.id).reserved_concurrency == spec.reserved_concurrency
+    # Setting one key of a function keeps its spec for the others (not the generic defaults).
+    api = next(f for f in FUNCTIONS if f.id == "api")
+    assert (stage.functions.api.memory_mb, stage.functions.api.timeout_s) == (4096, api.timeout_s)
+    for name, settings in all_stages().items():
+        for spec in FUNCTIONS:
+            assert settings.functions.of(spec.id).reserved_concurrency >= 1, (name, spec.id)
+
+
+@pytest.mark.parametrize(("functions", "needle"), [
+    ({"reserved_concurrency_budget": 50}, "more than reserved_concurrency_budget 50"),
+    ({"api": {"reserved_concurrency": 5000}}, "more than reserved_concurrency_budget 900"),
+    ({"batch_worker": {"reserved_concurrency": 1}}, "batch_worker.reserved_concurrency must be at least 2"),
+    ({"batch_dlq": {"reserved_concurrency": 3}}, "batch_dlq.reserved_concurrency must be at least 4"),
+    ({"api": {"reserved_concurrency": None}}, "functions.api.reserved_concurrency"),
+])
+def test_concurrency_outside_the_budget_stops_synth(functions, needle):
+    with pytest.raises(StageSettingsError, match=needle):
+        parse_stage({"s": {"functions": functions}}, "s")
+
+
+@pytest.mark.parametrize(("origins", "needle"), [
+    (["http://localhost:*"], "exact origins"),
+    (["https://app.example.com/"], "exact origins"),
+    (["app.example.com"], "exact origins"),
+    (["*", "https://app.example.com"], "list it alone"),
+])
+def test_bad_cors_origins_stop_synth(origins, needle):
+    with pytest.raises(StageSettingsError, match=needle):
+        parse_stage({"s": {"api": {"cors_origins": origins}}}, "s")
+
+
+def test_cors_is_off_unless_a_stage_lists_origins():
+    assert parse_stage({"s": {}}, "s").api.cors.enabled is False
+    assert all_stages()["prod"].api.cors.enabled is False
+    dev = all_stages()["dev"].api.cors
+    assert dev.enabled and all(o.startswith(("http://localhost:", "http://127.0.0.1:")) for o in dev.origins)
+
+
+def test_a_model_copy_needs_its_manifest_pin():
+    base = {"enabled": True, "model_s3_prefix": "models/qwen/1/"}
+    with pytest.raises(StageSettingsError, match="needs model_manifest_sha256"):
+        parse_stage({"s": {"heavy": base}}, "s")
+    with pytest.raises(StageSettingsError, match="64 lowercase hex"):
+        parse_stage({"s": {"heavy": {**base, "model_manifest_sha256": "abc"}}}, "s")
+    assert parse_stage({"s": {"heavy": {**base, "model_manifest_sha256": "a" * 64}}}, "s").heavy.isolated

@@ -12,7 +12,7 @@ from infra.resources import DOCS_ROUTES, RESOURCES, ROUTES
 from infra.settings import FunctionsSettings, all_stages
 from functions.core.settings import ENV_PREFIX, Settings
 from template_support import as_list, ref_id
-from functions.core.contract import JOBS_INPUT_PREFIX
+from functions.core.contract import JOBS_INPUT_PREFIX, OPENAI_BATCHES_PREFIX, OPENAI_FILES_PREFIX
 
 STAGES = ("dev", "prod", "citest")
 # Actions AWS offers no resource-level permission for: the only ones allowed on Resource "*".
@@ -137,7 +137,10 @@ def test_job_inputs_notify_the_job_events_queue(synth, stage):
 def test_every_log_group_is_kms_encrypted_with_retention(synth, stage):
     groups = synth.resources(stage, "AWS::Logs::LogGroup")
     uploads_bundles = bool(synth.resources(stage, "Custom::CDKBucketDeployment"))
-    assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles   # + API access logs (+ bundle deploy)
+    checks_weights = bool([r for r in synth.templates[stage]["Resources"].values()
+                           if r["Type"] == "Custom::CirrusWeightsCheck"])
+    # + API access logs (+ bundle deploy) (+ the GPU model copy's deploy-time check)
+    assert len(groups) == len(FUNCTIONS) + 1 + uploads_bundles + checks_weights
     for g in groups.values():
         assert ref_id(g["Properties"]["KmsKeyId"]).startswith("EncryptionKey")
         assert g["Properties"]["RetentionInDays"] > 0
@@ -156,7 +159,9 @@ def test_key_rotates_and_topic_is_encrypted(synth, stage):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_the_authorizer_guards_every_method(synth, stage):
-    methods = synth.resources(stage, "AWS::ApiGateway::Method")
+    # CORS preflights (OPTIONS, mock integrations) are public by nature: test_least_privilege checks them.
+    methods = {k: m for k, m in synth.resources(stage, "AWS::ApiGateway::Method").items()
+               if m["Properties"]["HttpMethod"] != "OPTIONS"}
     # The docs routes are the only public ones, and exist only where the stage enables them.
     public = {k: m for k, m in methods.items() if m["Properties"]["AuthorizationType"] == "NONE"}
     docs = all_stages()[stage].api.docs if stage != "citest" else False  # citest: the default (off)
@@ -192,8 +197,10 @@ def test_gateway_429_responses_tell_clients_when_to_retry(synth):
     assert set(throttles) == {"THROTTLED", "QUOTA_EXCEEDED"}
     assert responses["INVALID_API_KEY"]["StatusCode"] == "403"
     for props in throttles.values():
-        assert props["ResponseParameters"] == {"gatewayresponse.header.Content-Type": "'application/json'",
-                                               "gatewayresponse.header.Retry-After": "'1'"}
+        # (dev also adds its CORS headers: test_least_privilege)
+        own = {k: v for k, v in props["ResponseParameters"].items() if "Access-Control" not in k and "Vary" not in k}
+        assert own == {"gatewayresponse.header.Content-Type": "'application/json'",
+                       "gatewayresponse.header.Retry-After": "'1'"}
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_method_requires_a_usage_key_from_the_authorizer_held_to_the_stages_key_plan(synth, stage):
@@ -265,6 +272,37 @@ def test_only_the_splitter_may_delete_job_inputs(synth):
     assert "s3:DeleteObject*" in _s3_actions_on(synth, "dev", "batch_splitter", JOBS_INPUT_PREFIX)
     for other in ("api", "batch_worker", "batch_dlq"):
         assert not any(a.startswith("s3:Delete") for a in _s3_actions_on(synth, "dev", other, JOBS_INPUT_PREFIX))
+
+
+def _listing_on(synth, stage: str, function_id: str, prefix: str) -> set[str]:
+    """Bucket-level list actions the function's role has, held to ``s3:prefix`` = ``<prefix>*``."""
+    fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items()
+              if k.startswith(f"Functions{function_id.replace('_', '')}"))
+    role = ref_id(fn["Properties"]["Role"])
+    out: set[str] = set()
+    for pol in synth.resources(stage, "AWS::IAM::Policy").values():
+        if role not in {ref_id(r) for r in as_list(pol["Properties"].get("Roles", []))}:
+            continue
+        for st in _statements(pol["Properties"]["PolicyDocument"]):
+            if st.get("Condition", {}).get("StringLike", {}).get("s3:prefix") == [f"{prefix}*"]:
+                out |= set(as_list(st["Action"]))
+    return out
+
+
+def test_deleting_every_version_comes_with_listing_versions_of_that_prefix_only(synth):
+    assert _listing_on(synth, "dev", "batch_splitter", JOBS_INPUT_PREFIX) == {"s3:ListBucket", "s3:ListBucketVersions"}
+    assert _listing_on(synth, "dev", "batch_worker", JOBS_INPUT_PREFIX) == {"s3:ListBucket"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_the_api_function_may_keep_openai_files_and_batches(synth, stage):
+    # Uploads, metadata and converted output files; batch records; an oversized upload is deleted.
+    files = _s3_actions_on(synth, stage, "api", OPENAI_FILES_PREFIX)
+    assert {"s3:GetObject", "s3:PutObject", "s3:DeleteObject*"} <= files
+    assert {"s3:GetObject", "s3:PutObject"} <= _s3_actions_on(synth, stage, "api", OPENAI_BATCHES_PREFIX)
+    assert _listing_on(synth, stage, "api", OPENAI_FILES_PREFIX) == {"s3:ListBucket", "s3:ListBucketVersions"}
+    for other in ("generation", "authorizer", "batch_splitter", "batch_worker", "batch_dlq"):
+        assert not _s3_actions_on(synth, stage, other, OPENAI_FILES_PREFIX), other
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -1,7 +1,11 @@
 """Model store: bundles from the S3 registry (moto, SSE-KMS) verified by sha256, refused and retried cleanly."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
+import subprocess
+import sys
 
 import boto3
 import pytest
@@ -168,3 +172,61 @@ def test_store_needs_a_model_source(env):
     with pytest.raises(RuntimeError, match="no model source"):
         model_store.store()
 
+
+
+def test_a_registry_manifest_that_leaves_out_a_runtime_file_is_refused(s3_env, bundles_dir):
+    # The manifest's sha256 matches the pointer, but it does not list tokenizer.json: the runtime
+    # would open a file nothing vouches for, so the bundle is refused before a session is built.
+    published = publish(s3_env, bundles_dir / EMBEDDER)
+    manifest = json.loads((bundles_dir / EMBEDDER / "manifest.json").read_text())
+    del manifest["files"]["tokenizer.json"]
+    raw = json.dumps(manifest).encode()
+    overwrite(s3_env, EMBEDDER, published["version"], "manifest.json", raw)
+    move_pointer(s3_env, EMBEDDER, published["version"], hashlib.sha256(raw).hexdigest())
+    err = assert_error(*embed()[:2], 503, "bundle_invalid")
+    assert "does not list tokenizer.json" in err["message"]
+    assert model_store.loaded_versions() == {}
+
+
+def test_staging_folders_left_by_a_killed_process_are_removed_on_the_next_download(s3_env, bundles_dir, tmp_path):
+    published = publish(s3_env, bundles_dir / EMBEDDER)
+    cache = tmp_path / "cache" / EMBEDDER
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()                                   # a pid that no longer runs: its download died
+    running = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [cache / f".partial-{published['version']}-{gone.pid}-0123abcd",
+                 cache / ".partial-20260101-deadbeef-89abcdef"]     # the old naming (no pid)
+        legacy = cache / ".partial-20260101-1a2b3c4d"
+        live = cache / f".partial-{published['version']}-{running.pid}-fedcba98"
+        for folder in (*stale, legacy, live):
+            folder.mkdir(parents=True)
+            (folder / "model.onnx").write_bytes(b"\0" * 1024)
+        assert embed()[0] == 200
+        left = sorted(p.name for p in cache.iterdir())
+        # Another running process may still be downloading into its folder: that one stays.
+        assert left == sorted([published["version"], live.name])
+    finally:
+        running.kill()
+        running.wait()
+    # Once that process is gone too, the next download (a new container on the same /tmp) removes it.
+    model_store.reset()
+    shutil.rmtree(cache / published["version"])
+    assert embed()[0] == 200
+    assert sorted(p.name for p in cache.iterdir()) == [published["version"]]
+
+
+def test_a_download_in_progress_in_this_process_survives_another_stores_sweep(s3_env, tmp_path):
+    import os
+
+    cache = tmp_path / "cache" / EMBEDDER
+    ours = cache / f".partial-v1-{os.getpid()}-0a0b0c0d"
+    ours.mkdir(parents=True)
+    with model_store._IN_PROGRESS_LOCK:
+        model_store._IN_PROGRESS.add(ours)
+    try:
+        assert model_store.store().remove_stale_staging(cache) == []    # a rebuilt store: still in progress
+    finally:
+        with model_store._IN_PROGRESS_LOCK:
+            model_store._IN_PROGRESS.discard(ours)
+    assert model_store.store().remove_stale_staging(cache) == [ours.name]   # finished or dead: a leftover

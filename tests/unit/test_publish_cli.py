@@ -69,3 +69,26 @@ def test_cli_reports_a_missing_bucket_on_one_line(moto_server, bundles_dir):
 def test_cli_reports_a_malformed_endpoint_url_on_one_line(aws_env, bundles_dir):
     code, _, err = run_cli("publish", str(bundles_dir / NAME), "--bucket", BUCKET, "--endpoint-url", "notaurl")
     assert (code, err) == (4, "model_export publish: error: Invalid endpoint: notaurl\n")
+
+
+def test_cli_publishes_a_gpu_model_copy_and_prints_the_pin_for_cdk_json(moto_server, tmp_path):
+    from infra.settings import parse_stage
+
+    s3 = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    s3.create_bucket(Bucket=BUCKET)
+    src = tmp_path / "qwen"
+    src.mkdir()
+    (src / "config.json").write_text('{"model_type": "qwen2"}')
+    (src / "model.safetensors").write_bytes(b"\1" * 100_000)
+    args = ["--name", "qwen2.5-1.5b-instruct", "--version", "989aa79", "--bucket", BUCKET,
+            "--endpoint-url", moto_server, "--json"]
+    code, out, err = run_cli("publish-weights", str(src), *args)
+    assert code == 0, err
+    assert out["files"] == 2 and out["model_s3_prefix"] == "models/qwen2.5-1.5b-instruct/989aa79/"
+    # What it prints is exactly what a stage takes.
+    heavy = parse_stage({"s": {"heavy": {"enabled": True, "model_s3_prefix": out["model_s3_prefix"],
+                                         "model_manifest_sha256": out["model_manifest_sha256"]}}}, "s").heavy
+    assert heavy.isolated
+    (src / "config.json").write_text("{}")
+    code, _, err = run_cli("publish-weights", str(src), *args)
+    assert code != 0 and "versions are immutable" in err

@@ -8,14 +8,35 @@ from botocore.exceptions import ClientError
 from functions.core.aws.base import client, error_code
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+DENIED_CODES = frozenset({"AccessDenied", "403", "Forbidden"})
 
 
 class ObjectNotFound(LookupError):
     """The key (or the bucket) does not exist."""
 
 
+def is_missing(exc: ClientError, bucket: str, key: str) -> bool:
+    """Whether a failed GET/HEAD means "no such object".
+
+    S3 answers 404 for a missing key only to a caller allowed to list the bucket *unconditionally*;
+    the functions may list only their own prefixes (an ``s3:prefix`` condition, infra/stack.py), so a
+    missing key can come back as 403. A listing of exactly that key, which the prefix condition
+    allows, tells a missing object (nothing listed) from a real denial (it is there: re-raise).
+    """
+    code = error_code(exc)
+    if code in NOT_FOUND_CODES:
+        return True
+    if code not in DENIED_CODES:
+        return False
+    try:
+        found = client("s3").list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("Contents", [])
+    except ClientError:
+        return False      # not allowed to list there either: the denial stands
+    return not any(obj["Key"] == key for obj in found)
+
+
 def _raise_not_found(exc: ClientError, bucket: str, key: str) -> None:
-    if error_code(exc) in NOT_FOUND_CODES:
+    if is_missing(exc, bucket, key):
         raise ObjectNotFound(f"s3://{bucket}/{key}") from exc
 
 
@@ -56,7 +77,7 @@ def head(bucket: str, key: str) -> tuple[int, str] | None:
     try:
         meta = client("s3").head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES:
+        if is_missing(exc, bucket, key):
             return None
         raise
     return int(meta["ContentLength"]), meta["ETag"]

@@ -11,6 +11,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from functions.core.aws import s3
 from functions.core.aws.base import client, error_code
 
 READ_BLOCK = 1024 * 1024
@@ -37,7 +38,8 @@ def read_blocks(bucket: str, key: str, *, etag: str, start: int = 0, end: int | 
     try:
         body = client("s3").get_object(**kwargs)["Body"]
     except ClientError as exc:
-        if error_code(exc) in ("PreconditionFailed", "NoSuchKey", "404"):
+        # A deleted input can answer 403 to a reader that lists only its prefix (s3.is_missing).
+        if error_code(exc) == "PreconditionFailed" or s3.is_missing(exc, bucket, key):
             raise ObjectChanged(f"input object changed or deleted ({error_code(exc)})") from exc
         raise
     try:

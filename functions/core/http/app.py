@@ -5,9 +5,11 @@ below, so every route shares the same body parsing and limits (``http/body.py``)
 """
 from __future__ import annotations
 
-from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError, ServiceError
 
+from functions.core.contract import (CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, CORS_MAX_AGE_S,
+                                     cors_allow_origin)
 from functions.core.errors import CirrusError, NotFound, to_response
 from functions.core.http.body import caller_key_id
 from functions.core.http.routes.docs import router as docs_router
@@ -16,8 +18,41 @@ from functions.core.http.routes.jobs import router as jobs_router
 from functions.core.http.routes.light import router as light_router
 from functions.core.http.routes.openai_batch import router as openai_batch_router
 from functions.core.observability import logger, metrics
+from functions.core.settings import get_settings
 
-app = APIGatewayRestResolver()
+
+class StageCors(CORSConfig):
+    """The stage's CORS policy (``Settings.cors_origins`` / ``cors_headers``) for Powertools.
+
+    Powertools adds these headers to every answer of the resolver, errors and the streamed prelude
+    included; read from the settings on each request, so an empty list (the default, prod) adds none.
+    A listed origin is echoed with ``Vary: Origin`` (caches must not hand it to another origin).
+    """
+
+    def __init__(self) -> None:   # no super(): origins and headers come from the settings, per request
+        self.expose_headers = list(CORS_EXPOSE_HEADERS)
+        self.max_age = CORS_MAX_AGE_S
+        self.allow_credentials = False   # bearer keys, never cookies
+
+    @property
+    def _allowed_origins(self) -> list[str]:
+        return get_settings().cors_origins
+
+    @property
+    def allow_headers(self) -> set[str]:
+        return set(self._REQUIRED_HEADERS) | set(CORS_ALLOW_HEADERS) | set(get_settings().cors_headers)
+
+    def allowed_origin(self, extracted_origin: str | None) -> str | None:
+        return cors_allow_origin(extracted_origin, self._allowed_origins)
+
+    def to_dict(self, origin: str | None) -> dict[str, str]:
+        headers = super().to_dict(origin)
+        if headers and origin != "*":
+            headers["Vary"] = "Origin"
+        return headers
+
+
+app = APIGatewayRestResolver(cors=StageCors())
 
 
 # --- errors: every route, every router ------------------------------------------------------------

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from aws_lambda_powertools.event_handler import Response, content_types
 
+from functions.core.contract import MODEL_VERSION_HEADER, ROUTE_HEADER
 from functions.core.result import Result
 
-MODEL_VERSION_HEADER = "X-Cirrus-Model-Version"
-ROUTE_HEADER = "x-cirrus-route"  # where a generation request ran, and why (functions/core/generation/router.py)
+__all__ = ["MODEL_VERSION_HEADER", "ROUTE_HEADER", "json_response"]
 
 
 def json_response(result: Result | dict, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from functions.core.errors import BadRequest, BundleError, ContextLengthExceeded, ValidationFailed
 from functions.core.inference.encoder import cpu_count, session_options
-from functions.core.inference.manifest import Manifest
+from functions.core.inference.manifest import MODEL_FILE, TOKENIZER_FILE, Manifest
 from functions.core.inference.spec import GenerationSpec
 
 FinishReason = Literal["stop", "length"]
@@ -168,11 +168,11 @@ class _Prefill:
 class OnnxGenerator:
     """A loaded text-generation bundle; concurrent generations are safe (all loop state is local)."""
 
-    def __init__(self, bundle_dir: Path, manifest: Manifest | None = None, *, model_file: str = "model.onnx",
+    def __init__(self, bundle_dir: Path, manifest: Manifest | None = None, *, model_file: str = MODEL_FILE,
                  intra_op_threads: int = 0) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest or Manifest.read(self.bundle_dir)
-        self._load(self.bundle_dir / model_file, self.bundle_dir / "tokenizer.json", GenerationSpec.of(self.manifest),
+        self._load(self.bundle_dir / model_file, self.bundle_dir / TOKENIZER_FILE, GenerationSpec.of(self.manifest),
                    self.manifest.output_name, f"{self.manifest.name}@{self.manifest.version}", intra_op_threads)
 
     @classmethod

@@ -2,12 +2,18 @@
 
 A bundle is a folder holding ``model.onnx``, ``tokenizer.json`` (+ what it needs), ``config.json``
 and ``manifest.json``. The runtime needs nothing but the folder to serve it.
+
+The folder is closed: every file in it but ``manifest.json`` is listed in ``manifest.files`` with its
+size and sha256, and the files the runtime opens by name (``RUNTIME_FILES``) must be among them.
+onnxruntime also opens files the graph names itself (external weights beside ``model.onnx``), so a
+file that is in the folder but not in the manifest is refused rather than ignored. The manifest is
+pinned in turn by its own sha256 in the registry pointer (``functions.core.contract.Pointer``).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,6 +22,12 @@ from functions.core.errors import BundleError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+MODEL_FILE = "model.onnx"          # the ONNX graph (encoder.OnnxModel, generator.OnnxGenerator)
+TOKENIZER_FILE = "tokenizer.json"  # the tokenizers file (self-contained: vocab + merges + added tokens)
+CONFIG_FILE = "config.json"        # the exported model's config (provenance; the bundle contract lists it)
+# Opened by fixed name when a bundle is served: a bundle whose manifest does not list one of them
+# is refused, so no byte the runtime reads escapes the sha256 check.
+RUNTIME_FILES = (MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE)
 
 Task = Literal["feature-extraction", "text-classification", "text-generation"]
 Pooling = Literal["mean", "cls", "max", "none"]
@@ -109,19 +121,39 @@ def file_entry(path: Path) -> FileEntry:
     return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
 
 
+def safe_relpath(rel: str) -> str | None:
+    """``rel`` as a plain relative path inside the bundle, or None when it could point outside."""
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or str(p) != rel:
+        return None
+    return rel
+
+
 def verify_bundle(bundle_dir: Path, manifest: Manifest | None = None) -> Manifest:
-    """Check every file listed in the manifest: present, right size, right sha256.
+    """Check the bundle is exactly what its manifest lists: every ``RUNTIME_FILES`` entry listed, every
+    listed file present with the right size and sha256, and no file in the folder left unlisted.
 
     Raises ``BundleError`` naming the first file that fails; never returns a partly valid bundle.
     """
     bundle_dir = Path(bundle_dir)
     manifest = manifest or Manifest.read(bundle_dir)
+    label = f"bundle {manifest.name}@{manifest.version}"
+    unlisted = [rel for rel in RUNTIME_FILES if rel not in manifest.files]
+    if unlisted:
+        raise BundleError(f"{label}: the manifest does not list {', '.join(unlisted)} (every file the "
+                          "runtime opens needs its sha256 in manifest.files)")
     for rel, entry in manifest.files.items():
+        if safe_relpath(rel) is None or rel == MANIFEST_NAME:
+            raise BundleError(f"{label}: unsafe file path in manifest")
         path = bundle_dir / rel
         if not path.is_file():
-            raise BundleError(f"bundle {manifest.name}@{manifest.version}: missing file {rel}")
+            raise BundleError(f"{label}: missing file {rel}")
         if path.stat().st_size != entry.bytes:
-            raise BundleError(f"bundle {manifest.name}@{manifest.version}: size mismatch for {rel}")
+            raise BundleError(f"{label}: size mismatch for {rel}")
         if sha256_file(path) != entry.sha256:
-            raise BundleError(f"bundle {manifest.name}@{manifest.version}: sha256 mismatch for {rel}")
+            raise BundleError(f"{label}: sha256 mismatch for {rel}")
+    for path in sorted(bundle_dir.rglob("*")):
+        rel = path.relative_to(bundle_dir).as_posix()
+        if rel != MANIFEST_NAME and rel not in manifest.files and not path.is_dir():
+            raise BundleError(f"{label}: file {rel} is in the bundle but not in its manifest")
     return manifest

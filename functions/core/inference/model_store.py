@@ -4,10 +4,13 @@
 A bundle from S3 is downloaded into ``Settings.cache_dir`` once per container, every file's
 sha256 is checked against the manifest (and the manifest against the pointer) before a session
 is built. A bundle that fails is refused with ``BundleError`` (503), nothing of it is kept, and
-the next request tries again from scratch.
+the next request tries again from scratch. Downloads land in a ``.partial-*`` staging folder that is
+renamed into place when verified; staging folders a killed process left behind (a Lambda timeout
+keeps /tmp) are removed before the next download of that model.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import threading
@@ -15,7 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -23,7 +26,7 @@ from functions.core.aws import s3
 from functions.core.aws.base import translate
 from functions.core.contract import MODELS_PREFIX, Pointer, bundle_key, pointer_key
 from functions.core.errors import BundleError, ModelNotFound
-from functions.core.inference.manifest import MANIFEST_NAME, Manifest, sha256_file, verify_bundle
+from functions.core.inference.manifest import MANIFEST_NAME, Manifest, safe_relpath, sha256_file, verify_bundle
 from functions.core.observability import logger, metrics, tracer
 from functions.core.settings import Settings, get_settings
 
@@ -32,6 +35,13 @@ if TYPE_CHECKING:
 
 # Model names and versions become S3 keys and /tmp paths: keep them to a safe alphabet.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+STAGING_PREFIX = ".partial-"
+# .partial-<version>-<pid>-<random>: the pid says whether the process that stages it still runs.
+_STAGING = re.compile(r"^\.partial-.+-(\d+)-[0-9a-f]{8}$")
+# This process's downloads in progress (every store of the process: a store rebuilt mid-download
+# must not take another one's folder for a leftover).
+_IN_PROGRESS: set[Path] = set()
+_IN_PROGRESS_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -154,15 +164,40 @@ class ModelStore:
             except BundleError:
                 pass
             shutil.rmtree(final, ignore_errors=True)
-        staging = final.parent / f".partial-{version}-{uuid.uuid4().hex[:8]}"
-        staging.mkdir(parents=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_staging(final.parent)
+        staging = final.parent / f"{STAGING_PREFIX}{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
+        with _IN_PROGRESS_LOCK:
+            _IN_PROGRESS.add(staging)
         try:
             manifest = self._download(name, version, digest, staging)
             staging.replace(final)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        finally:
+            with _IN_PROGRESS_LOCK:
+                _IN_PROGRESS.discard(staging)
         return final, manifest, "s3"
+
+    def remove_stale_staging(self, model_cache: Path) -> list[str]:
+        """Delete the ``.partial-*`` folders under ``model_cache`` no running download owns: staged by a
+        process that is gone (a timed-out Lambda keeps /tmp for the next one), by this process but no
+        longer in progress, or named the old way (no pid). Returns the names removed."""
+        removed = []
+        with _IN_PROGRESS_LOCK:
+            active = set(_IN_PROGRESS)
+        for path in model_cache.glob(f"{STAGING_PREFIX}*"):
+            m = _STAGING.match(path.name)
+            pid = int(m.group(1)) if m else None
+            if path in active or (pid is not None and pid != os.getpid() and _alive(pid)):
+                continue
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        if removed:
+            logger.info("stale staging removed", extra={"folders": len(removed)})
+        return removed
 
     def _download(self, name: str, version: str, digest: str, dest: Path) -> Manifest:
         bucket = self.settings.artifacts_bucket or ""
@@ -173,7 +208,9 @@ class ModelStore:
             manifest = Manifest.read(dest)
             _check_identity(manifest, name, version)
             for rel in manifest.files:
-                target = dest / _safe_relpath(rel, name, version)
+                if safe_relpath(rel) is None:
+                    raise BundleError(f"bundle {name}@{version}: unsafe file path in manifest")
+                target = dest / rel
                 target.parent.mkdir(parents=True, exist_ok=True)
                 s3.download_file(bucket, bundle_key(name, version, rel), target)
         except s3.ObjectNotFound as exc:
@@ -233,11 +270,14 @@ def _check_identity(manifest: Manifest, name: str, version: str | None) -> None:
         raise BundleError(f"bundle {name}: manifest names {manifest.name}@{manifest.version}")
 
 
-def _safe_relpath(rel: str, name: str, version: str) -> str:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise BundleError(f"bundle {name}@{version}: unsafe file path in manifest")
-    return str(p)
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process: alive
+        return True
+    return True
 
 
 _store: ModelStore | None = None
