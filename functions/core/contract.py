@@ -25,6 +25,12 @@ JOBS_GENERATION_FAILURE_PREFIX = f"{JOBS_GENERATION_PREFIX}failed/"
 OPENAI_FILES_PREFIX = "openai/files/"        # <file id>/content, <file id>/meta.json
 OPENAI_BATCHES_PREFIX = "openai/batches/"    # <batch id>.json
 
+# --- quantization profiles ----------------------------------------------------------------------
+# The named recipes a default bundle is built in (model_export/defaults.py PROFILES holds each recipe
+# and its gate); a stage picks one (cdk.json ``quantization_profile``) and its manifests record it.
+QUANT_PROFILES = ("accurate", "fast")
+DEFAULT_QUANT_PROFILE = "accurate"
+
 # --- SQS -----------------------------------------------------------------------------------------
 # AWS guidance: a queue's visibility timeout >= 6x its consuming function's timeout.
 VISIBILITY_FACTOR = 6
