@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench" / "classifier")
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
+    m = machine.describe()
+    m.pop("_cpu", None)
     from functions.core.inference.encoder import OnnxModel
     from functions.core.inference.manifest import verify_bundle
     from model_export import classifier
@@ -77,8 +79,6 @@ def main() -> None:
     for n in names:
         rows[n]["p50_ms"] = {c: round(statistics.median(samples[c][n]) * 1000, 3) for c in cells}
         rows[n]["x_shipped_before"] = {c: round(rows[base]["p50_ms"][c] / rows[n]["p50_ms"][c], 2) for c in cells}
-    m = machine.describe()
-    m.pop("_cpu", None)
     out = {"machine": m, "threads": models[base].threads, "rounds": args.rounds,
            "load_avg_at_end": [round(x, 2) for x in os.getloadavg()], "candidates": rows}
     OUT.write_text(json.dumps(out, indent=2) + "\n")
