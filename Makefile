@@ -35,7 +35,9 @@ lambda-assets: setup  ## build the Lambda zip folders (no Docker) into build/lam
 synth: setup lambda-assets  ## cdk synth, offline
 	npx cdk synth --quiet
 
-deploy: setup bundles lambda-assets  ## cdk deploy to your AWS account (STAGE=dev|prod)
+deploy: setup lambda-assets  ## cdk deploy to your AWS account (STAGE=dev|prod); bundles in the stage's quantization_profile
+	$(PY) -m model_export build-defaults --out .cache/bundles --profile \
+		$$($(PY) -c "from infra.settings import load_stage; print(load_stage('$${STAGE:-dev}').quantization_profile)")
 	npx cdk deploy --all -c stage=$${STAGE:-dev}
 
 bench-peers: setup  ## install the peers the benchmark compares against (bench-only, .cache/bench-peers)

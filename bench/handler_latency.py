@@ -65,6 +65,27 @@ def interleaved(fns: dict[str, object], n: int) -> dict[str, dict[str, float]]:
     return {k: summary(v) for k, v in samples.items()}
 
 
+def _with_lambda_logging(fn):
+    """Run ``fn`` with the stack's log level (INFO) and metrics on, stdout going to /dev/null."""
+    from functions.core.observability import logger
+
+    saved_fd, level = os.dup(1), logger.log_level
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    sys.stdout.flush()
+    os.dup2(devnull, 1)
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "false"
+    logger.setLevel("INFO")
+    try:
+        return fn()
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_fd, 1)
+        os.close(devnull)
+        os.close(saved_fd)
+        os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"
+        logger.setLevel(level)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundles", default=str(ROOT / ".cache" / "bundles"))
@@ -109,14 +130,17 @@ def main() -> None:
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     _, batch_feeds = next(iter(model._batches(model.tokenize(batch_texts))))
 
+    single = {
+        "raw_session": lambda: session.run([model.manifest.output_name], feeds),
+        "runtime_embed": lambda: model.embed([text]),
+        "handler": lambda: handler(event, Ctx()),
+    }
     results = {
         "threads": model.threads,
         "model_version": model.version,
-        "single": interleaved({
-            "raw_session": lambda: session.run([model.manifest.output_name], feeds),
-            "runtime_embed": lambda: model.embed([text]),
-            "handler": lambda: handler(event, Ctx()),
-        }, args.n),
+        "single": interleaved(single, args.n),
+        # As Lambda runs it: INFO logs and EMF metrics written (to /dev/null here, a pipe in Lambda).
+        "single_lambda_logging": _with_lambda_logging(lambda: interleaved(single, args.n)),
         f"batch{args.batch}": interleaved({
             "raw_session": lambda: session.run([model.manifest.output_name], batch_feeds),
             "runtime_embed": lambda: model.embed(batch_texts),

@@ -145,6 +145,11 @@ def markdown(r: dict, plots: list[str] | None = None) -> str:
                   f"{raw} ms, runtime embed {s['runtime_embed']['p50_ms']} ms, API handler "
                   f"{s['handler']['p50_ms']} ms (x{s['handler']['p50_ms'] / raw:.2f} of the raw session); handler "
                   f"cold start {h['cold_start']['first_response_s_median']} s."]
+        ll = h.get("single_lambda_logging")
+        if ll:
+            lines.append(f"With Lambda's logging (INFO logs and EMF metrics written, same rounds' method): raw "
+                         f"{ll['raw_session']['p50_ms']} ms, handler {ll['handler']['p50_ms']} ms "
+                         f"(x{ll['handler']['p50_ms'] / ll['raw_session']['p50_ms']:.2f}).")
     elif h:
         lines.append(f"Handler benchmark not available: {h['unavailable']}")
     if api and "unavailable" not in api:

@@ -317,11 +317,18 @@ def _targets(results: dict, threads: int) -> list[dict]:
         r = round(h["single"]["handler"]["p50_ms"] / h["single"]["raw_session"]["p50_ms"], 2)
         out.append({"name": "API handler in-process vs raw session, one text", "measured": f"{r}x",
                     "need": "<= 1.25x", "met": r <= 1.25})
+        ll = h.get("single_lambda_logging")
+        if ll:
+            r = round(ll["handler"]["p50_ms"] / ll["raw_session"]["p50_ms"], 2)
+            out.append({"name": "API handler vs raw session, one text, with Lambda's INFO logs + EMF metrics",
+                        "measured": f"{r}x", "need": "<= 1.25x", "met": r <= 1.25})
     b = results.get("batch")
     if b and "unavailable" not in b:
-        rows = [row for row in b["runs"] if row["chunk_lines"] == 2000]
-        if rows:
-            best = max(row["lines_per_s"] for row in rows) / b["model_alone_lines_per_s"]
-            out.append({"name": "batch job vs model alone, chunks of 2,000", "measured": f"{best:.0%}",
-                        "need": ">= 90%", "met": best >= 0.9})
+        # A cell faster than the model alone is the host's noise (batch_throughput flags it), not a result.
+        cells = [c for c in b.get("summary", []) if c["chunk_lines"] == 2000 and not c["noise"]]
+        if cells:
+            best = max(cells, key=lambda c: c["of_model_alone"])
+            out.append({"name": "batch job vs model alone, chunks of 2,000", "need": ">= 90%",
+                        "measured": f"{best['of_model_alone']:.0%} ({best['workers']} worker(s); cells flagged as "
+                                    "noise left out)", "met": best["of_model_alone"] >= 0.9})
     return out

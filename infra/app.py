@@ -11,6 +11,7 @@ from aws_cdk import App, Environment, Validations  # noqa: E402
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks  # noqa: E402
 
 from infra import assets as lambda_assets  # noqa: E402
+from functions.core.inference.manifest import Manifest  # noqa: E402
 from infra.constructs.artifacts import Bundle  # noqa: E402
 from infra.settings import (REPO_ROOT, STAGE_CONTEXT_KEY, STAGES_CONTEXT_KEY, StageSettings,  # noqa: E402
                             StageSettingsError, parse_stage, read_context)
@@ -54,7 +55,20 @@ def resolve_bundles(stage: StageSettings, *, skip: bool) -> list[Bundle]:
         raise StageSettingsError(
             f"stage {stage.name} uploads bundles {missing} but {root} lacks them: run `make bundles`, "
             f"or set upload_bundles: false for the stage (then publish with model_export)")
+    mismatched = [f"{m} ({got})" for m in stage.models
+                  if (got := _profile_of(root / m)) not in (None, stage.quantization_profile)]
+    if mismatched:
+        raise StageSettingsError(
+            f"stage {stage.name} deploys quantization_profile {stage.quantization_profile!r} but {root} holds "
+            f"bundles built in another profile: {', '.join(mismatched)}; run "
+            f"`make bundles PROFILE={stage.quantization_profile}` (or `make deploy STAGE={stage.name}`)")
     return [Bundle.read(root / m) for m in stage.models]
+
+
+def _profile_of(bundle_dir: Path) -> str | None:
+    """The quantization profile a bundle's manifest records; None for models built without profiles."""
+    profile = (Manifest.read(bundle_dir).model_extra or {}).get("profile")
+    return profile.get("name") if isinstance(profile, dict) else None
 
 
 def build_app(*, stages: list[str] | None = None, context: dict | None = None, outdir: str | None = None) -> App:

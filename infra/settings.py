@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from functions.core.contract import DEFAULT_QUANT_PROFILE, QUANT_PROFILES
 from infra.function_specs import FUNCTIONS, FUNCTIONS_BY_ID
 from infra.resources import RESOURCES, Cors
 
@@ -280,6 +281,10 @@ class StageSettings(_Strict):
     log_retention_days: int = 30
     models: tuple[str, ...] = ("all-minilm-l6-v2", "cirrus-intent-minilm")
     default_embedding_model: str = "all-minilm-l6-v2"
+    # Which quantization profile of the default bundles the stage deploys (docs/quantization.md):
+    # "accurate" (strict gate) or "fast" (fastembed's speed, looser gate). Checked against the built
+    # bundles' manifests at synth; `make deploy` builds them in this profile.
+    quantization_profile: Literal[QUANT_PROFILES] = DEFAULT_QUANT_PROFILE  # type: ignore[valid-type]
     # Models the api function generates text with on Lambda (ONNX, the light path). Default none:
     # dev lists the real chat model smollm2-135m-instruct in cdk.json; prod opts in per stage.
     generation_models: tuple[str, ...] = ()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from functions.core.contract import DEFAULT_QUANT_PROFILE, QUANT_PROFILES
 from functions.core.errors import BundleError
 from functions.core.inference.manifest import sha256_file, verify_bundle
 from model_export.config import ExportConfig, QuantizeConfig, Threshold
@@ -68,8 +69,10 @@ PROFILES: dict[str, Profile] = {
                      "nn_agreement": Threshold(0.95)},
                     "fused graph, all weight products int8 (u8 x s8 7-bit); looser gate"),
 }
-DEFAULT_PROFILE = "accurate"
-PROFILE_ENV = "CIRRUS_QUANT_PROFILE"  # the stage setting that picks the profile at build time
+DEFAULT_PROFILE = DEFAULT_QUANT_PROFILE
+if tuple(PROFILES) != QUANT_PROFILES:  # the names stages may pick live in functions/core/contract.py
+    raise ImportError(f"PROFILES {tuple(PROFILES)} differ from contract.QUANT_PROFILES {QUANT_PROFILES}")
+PROFILE_ENV = "CIRRUS_QUANT_PROFILE"  # picks it at build time; `make deploy` passes the stage's quantization_profile
 
 
 def selected_profile(profile: str | None = None) -> Profile:

@@ -55,6 +55,12 @@ def cors_allow_origin(origin: str | None, allowed: "list[str] | tuple[str, ...]"
     return "*" if "*" in allowed else None
 
 
+# --- quantization profiles ----------------------------------------------------------------------
+# The named recipes a default bundle is built in (model_export/defaults.py PROFILES holds each recipe
+# and its gate); a stage picks one (cdk.json ``quantization_profile``) and its manifests record it.
+QUANT_PROFILES = ("accurate", "fast")
+DEFAULT_QUANT_PROFILE = "accurate"
+
 # --- SQS -----------------------------------------------------------------------------------------
 # AWS guidance: a queue's visibility timeout >= 6x its consuming function's timeout.
 VISIBILITY_FACTOR = 6

@@ -417,6 +417,17 @@ def test_logs_carry_sizes_but_never_the_input_text(light_api, capsys, monkeypatc
     assert {"InferenceLatency", "Tokens", "Inputs"} <= names
 
 
+def test_tokens_are_metered_once_per_request(light_api, capsys):
+    from functions.core.observability import metrics
+
+    metrics.clear_metrics()
+    status, body, _ = call_api(embed_event({"model": EMBEDDER, "input": ["one text", "and another one"]}))
+    assert status == 200
+    emf = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    tokens = [v for r in emf if "Tokens" in r for v in (r["Tokens"] if isinstance(r["Tokens"], list) else [r["Tokens"]])]
+    assert tokens == [body["usage"]["total_tokens"]]  # the usage middleware's, not a second copy from the service
+
+
 def test_each_request_is_metered_per_key_id_with_its_tokens_and_never_the_key_or_text(light_api, caplog):
     secret_text = "my very private sentence"
     with caplog.at_level("INFO", logger="cirrus"):

@@ -62,6 +62,19 @@ def test_embedding_results_are_the_models_vectors(pipeline, local_store):
     assert pipeline.output(job, "errors") == []
 
 
+def test_result_lines_keep_ids_of_any_size_and_any_script_exactly(pipeline, local_store):
+    # Result lines go through the fast encoder; a JSON integer id past 64 bits and a non-ASCII id
+    # come back as they were sent, next to the model's vectors.
+    ids = [2**70 + 3, "Bestellung-Zürich-東京", -1]
+    key = pipeline.upload("ids.jsonl", [{"id": i, "input": f"text {n}"} for n, i in enumerate(ids)])
+    pipeline.drain()
+    job = pipeline.job_for(key)
+    results = pipeline.output(job, "results")
+    assert [r["id"] for r in results] == ids and pipeline.output(job, "errors") == []
+    want, _ = local_store.get(EMBEDDER).embed([f"text {n}" for n in range(3)])
+    np.testing.assert_allclose(np.array([r["embedding"] for r in results]), want, atol=1e-6)
+
+
 def test_lines_may_mix_models_and_tasks_and_keep_their_order(pipeline):
     key = pipeline.upload("mixed.jsonl", [
         {"input": "a"}, {"input": "where is my parcel", "model": CLASSIFIER},

@@ -57,6 +57,19 @@ def test_max_length_truncates_or_rejects_per_setting(embedder):
     assert (exc.value.status, exc.value.code, exc.value.param) == (400, "context_length_exceeded", "input")
 
 
+def test_one_text_is_tokenized_as_the_batch_call_would(embedder):
+    # A single text takes the tokenizer's one-text call (no thread-pool hand-off): same ids, same
+    # truncation at max_length, same overflow report.
+    long_text = "parcel " * 600
+    for text in ("Where is my parcel? 東京 😀", long_text):
+        one = embedder.tokenize([text]).encodings[0]
+        batched = embedder.tokenize([text, "x"]).encodings[0]
+        assert one.ids == batched.ids and one.attention_mask == batched.attention_mask
+    assert len(embedder.tokenize([long_text]).encodings[0].ids) == embedder.manifest.max_length
+    with pytest.raises(ContextLengthExceeded):
+        embedder.tokenize([long_text], overflow="reject")
+
+
 def test_pooling_and_normalisation_follow_the_manifest(embedder, tmp_path):
     # The same graph with pooling "cls" and no normalisation must give the first token's raw state.
     bundle = tmp_path / "b"

@@ -7,13 +7,13 @@ and retried produces no duplicate lines and no double counts.
 """
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from functions.core import json_text
 from functions.core.batch.finalise import try_finalise
 from functions.core.batch.formats import ChunkMessage, LineError, LineInput, parse_line, resolve_task, too_long
 from functions.core.batch.job import Status, work_key
@@ -212,5 +212,7 @@ def _within_context(model, texts: list[str], items: list[LineInput], idx: list[i
 
 
 def _result(item: LineInput, model: str, **fields) -> str:
-    return json.dumps({"line": item.line, "id": item.id, "model": model, **fields}, separators=(",", ":"))
+    # The per-line hot path: json.dumps of one 384-float vector took ~0.3 ms, a fifth of the line's share
+    # of the model run; the shared encoder writes the same values ~30x faster.
+    return json_text.dumps({"line": item.line, "id": item.id, "model": model, **fields})
 

@@ -126,7 +126,10 @@ class OnnxModel:
                  max_total_tokens: int | None = None) -> Encoded:
         """Tokenize with the manifest's max_length; ``overflow="reject"`` refuses longer inputs (400);
         ``max_total_tokens`` refuses a request whose inputs add up to more (413), before inference."""
-        encodings = self._tokenizer.encode_batch(list(texts))
+        # One text (most API requests): encode() skips the batch call's hand-off to the tokenizer's
+        # thread pool, half the tokenizer's time here (same ids, same truncation).
+        encodings = ([self._tokenizer.encode(texts[0])] if len(texts) == 1
+                     else self._tokenizer.encode_batch(list(texts)))
         if overflow == "reject":
             for i in _overflowing(encodings)[:1]:
                 raise ContextLengthExceeded(

@@ -51,7 +51,8 @@ def _record(kind: str, model_name: str, version: str, n_inputs: int, tokens: int
     metrics.add_metadata(key="model_version", value=version)
     metrics.add_metric(name="InferenceLatency", unit="Milliseconds", value=seconds * 1000)
     metrics.add_metric(name="Inputs", unit="Count", value=n_inputs)
-    metrics.add_metric(name="Tokens", unit="Count", value=tokens)
+    # Tokens are metered once per request by the HTTP layer's usage middleware (app.py), from the
+    # body's usage: adding them here too counted every token twice in the same EMF record.
     logger.info(f"{kind} done", extra={"model": model_name, "version": version, "inputs": n_inputs,
                                        "tokens": tokens, "ms": round(seconds * 1000, 2)})
 
