@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--name", required=True, help="who or what the key is for")
     create.add_argument("--usage-plan", default=os.environ.get("CIRRUS_USAGE_PLAN_ID"),
                         help="the stage's default usage plan id (stack output UsagePlanId; "
-                             "default: $CIRRUS_USAGE_PLAN_ID). Without it the key has no per-key limits")
+                             "default: $CIRRUS_USAGE_PLAN_ID). Without it the key is in no plan, and API Gateway, "
+                             "which requires a usage key on every method, answers it 403")
     create.add_argument("--rate", type=float, help="this key's steady requests/s (default: the stage's)")
     create.add_argument("--burst", type=int, help="this key's burst, in requests (default: the stage's)")
     create.add_argument("--quota", type=int, help="this key's requests per --quota-period (default: the stage's)")
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
             key, record = keys.create(args.name, usage=(lambda kid: plans.register(kid, limits)) if plans else None)
             print(json.dumps({"api_key": key, **record.public()}, indent=2))
             print("Store this key now: it cannot be shown again.", file=sys.stderr)
+            if plans is None:
+                print("warning: the key is in no usage plan; the API answers it 403 key_not_enabled until it "
+                      "is (create keys with --usage-plan ID or CIRRUS_USAGE_PLAN_ID)", file=sys.stderr)
         elif args.command == "list":
             print(json.dumps([r.public() for r in keys.list()], indent=2))
         else:

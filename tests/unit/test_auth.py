@@ -147,7 +147,9 @@ def test_authorizer_never_logs_the_key(table, monkeypatch):
 
 def test_cli_creates_prints_once_lists_and_revokes(table, capsys):
     assert keys_cli.main(["--table", table, "create", "--name", "cli-user"]) == 0
-    created = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    created = json.loads(out.out)
+    assert "in no usage plan" in out.err  # without --usage-plan: API Gateway would answer it 403
     key = created["api_key"]
     assert key.startswith(f"cir_{created['key_id']}_")
     assert authorizer(token_event(key), lambda_context())["context"]["key_name"] == "cli-user"
