@@ -46,7 +46,8 @@ class Settings(BaseModel):
     # --- limits ---
     max_inputs: int = 2048                    # as in the OpenAI API
     # Tokens per embeddings/classify request (after truncation): what the api function finishes
-    # inside its 29 s at the dev stage's 2,048 MB: 24 s measured on one loaded core (bench/token_cap.py).
+    # inside its 29 s at the dev stage's 2,048 MB: 6.9 s on one quiet core, 24 s on one core at load 13
+    # (bench/token_cap.py), so the cap holds with room for a slower Lambda vCPU.
     max_request_tokens: int = Field(32_768, ge=1)
     max_chars: int = 20_000
     # Characters of a generation prompt (all messages' contents, or the completion prompt), checked
