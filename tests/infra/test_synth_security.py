@@ -252,19 +252,21 @@ def test_no_iam_wildcard_beyond_the_acknowledged_ones(synth, stage):
         assert "FullAccess" not in managed, lid
 
 
-def _s3_actions_on(synth, stage: str, function_id: str, prefix: str) -> set[str]:
-    """S3 actions the function's role has on ``<some bucket>/<prefix>*``."""
+def _role_statements(synth, stage: str, function_id: str) -> list[dict]:
+    """Every policy statement on the function's role."""
     fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items()
               if k.startswith(f"Functions{function_id.replace('_', '')}"))
     role = ref_id(fn["Properties"]["Role"])
-    out: set[str] = set()
-    for pol in synth.resources(stage, "AWS::IAM::Policy").values():
-        if role not in {ref_id(r) for r in as_list(pol["Properties"].get("Roles", []))}:
-            continue
-        for st in _statements(pol["Properties"]["PolicyDocument"]):
-            if any(f"/{prefix}*" in json.dumps(r) for r in as_list(st["Resource"])):
-                out |= {a for a in as_list(st["Action"]) if a.startswith("s3:")}
-    return out
+    return [st for pol in synth.resources(stage, "AWS::IAM::Policy").values()
+            if role in {ref_id(r) for r in as_list(pol["Properties"].get("Roles", []))}
+            for st in _statements(pol["Properties"]["PolicyDocument"])]
+
+
+def _s3_actions_on(synth, stage: str, function_id: str, prefix: str) -> set[str]:
+    """S3 actions the function's role has on ``<some bucket>/<prefix>*``."""
+    return {a for st in _role_statements(synth, stage, function_id)
+            if any(f"/{prefix}*" in json.dumps(r) for r in as_list(st["Resource"]))
+            for a in as_list(st["Action"]) if a.startswith("s3:")}
 
 
 def test_only_the_splitter_may_delete_job_inputs(synth):
@@ -276,17 +278,9 @@ def test_only_the_splitter_may_delete_job_inputs(synth):
 
 def _listing_on(synth, stage: str, function_id: str, prefix: str) -> set[str]:
     """Bucket-level list actions the function's role has, held to ``s3:prefix`` = ``<prefix>*``."""
-    fn = next(v for k, v in synth.resources(stage, "AWS::Lambda::Function").items()
-              if k.startswith(f"Functions{function_id.replace('_', '')}"))
-    role = ref_id(fn["Properties"]["Role"])
-    out: set[str] = set()
-    for pol in synth.resources(stage, "AWS::IAM::Policy").values():
-        if role not in {ref_id(r) for r in as_list(pol["Properties"].get("Roles", []))}:
-            continue
-        for st in _statements(pol["Properties"]["PolicyDocument"]):
-            if st.get("Condition", {}).get("StringLike", {}).get("s3:prefix") == [f"{prefix}*"]:
-                out |= set(as_list(st["Action"]))
-    return out
+    return {a for st in _role_statements(synth, stage, function_id)
+            if st.get("Condition", {}).get("StringLike", {}).get("s3:prefix") == [f"{prefix}*"]
+            for a in as_list(st["Action"])}
 
 
 def test_deleting_every_version_comes_with_listing_versions_of_that_prefix_only(synth):
