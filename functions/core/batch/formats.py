@@ -104,6 +104,13 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}"
 
 
+def body_error(exc: ValidationError) -> str:
+    """A request body's first validation error as ``body.<field>: <why>`` (no input quoted)."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "body"
+    return f"body.{where}: {first['msg'].removeprefix('Value error, ')}"
+
+
 def parse_line(line_no: int, raw: bytes, *, model: str, task: str | None,
                max_chars: int) -> LineInput | LineError:
     """Validate one input line (no trailing newline) against the schema; never raises."""

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
+from functions.core.batch.formats import body_error
 from functions.core.generation.schemas import ChatCompletionRequest
 from functions.core.light.schemas import EmbeddingsRequest
 
@@ -66,16 +67,10 @@ def parse_request(line_no: int, raw: bytes, endpoint: str, default_model: str) -
     try:
         body = EmbeddingsRequest.model_validate(obj.get("body"))
     except ValidationError as exc:
-        raise BadLine(line_no, _first(exc)) from None
+        raise BadLine(line_no, body_error(exc)) from None
     if body.dimensions is not None:
         raise BadLine(line_no, "body.dimensions is not supported in batches (the native size is returned)")
     return Request(cid, body.model or default_model, body.texts(), body.encoding_format)
-
-
-def _first(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"body.{where}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def _chat_request(line_no: int, cid: str, body: Any) -> Request:
@@ -83,7 +78,7 @@ def _chat_request(line_no: int, cid: str, body: Any) -> Request:
     try:
         req = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        raise BadLine(line_no, _first(exc)) from None
+        raise BadLine(line_no, body_error(exc)) from None
     if req.stream:
         raise BadLine(line_no, "body.stream: batch answers are not streamed")
     assert isinstance(body, dict)

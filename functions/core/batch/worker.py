@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from functions.core import json_text
 from functions.core.batch.finalise import try_finalise
-from functions.core.batch.formats import ChunkMessage, LineError, LineInput, parse_line, resolve_task, too_long
+from functions.core.batch.formats import (ChunkMessage, LineError, LineInput, body_error, parse_line, resolve_task,
+                                         too_long)
 from functions.core.batch.job import Status, work_key
 from functions.core.batch.job_store import job_store
 from functions.core.batch.objects import ObjectChanged, iter_lines, put_if_absent, read_blocks
@@ -180,10 +181,7 @@ def _chat(item: LineInput, model_name: str, settings: Settings, out: ChunkOutput
     try:
         req = ChatCompletionRequest.model_validate({**item.body, "model": model_name})
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return LineError(item.line, "invalid_value", f"body.{where}: {first['msg'].removeprefix('Value error, ')}",
-                         item.id)
+        return LineError(item.line, "invalid_value", body_error(exc), item.id)
     if req.stream:
         return LineError(item.line, "invalid_value", "body.stream: a batch answer is not streamed", item.id)
     if req.budget(settings.generation_default_max_tokens) > settings.light_max_tokens:
