@@ -1,7 +1,10 @@
 """Domain errors and the one place that maps them to HTTP status + OpenAI-style bodies."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class CirrusError(Exception):
@@ -99,3 +102,16 @@ def to_response(err: BaseException) -> tuple[int, dict[str, Any], dict[str, str]
         return err.status, err.body(), headers
     generic = CirrusError("The server had an error while processing your request.")
     return 500, generic.body(), {}
+
+
+def validation_error(exc: ValidationError) -> ValidationFailed:
+    """A pydantic failure as the 422 clients see: the first error, its field as ``param``, no input quoted."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(p) for p in first["loc"]]
+    # Union members add their type name to loc (e.g. input.str / input.list[...]); drop them.
+    loc = [p for p in loc if not (p.startswith(("str", "list[", "int", "function-", "literal[")) and p != loc[0])]
+    param = ".".join(loc) or None
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown field"
+    return ValidationFailed(f"{param}: {msg}" if param else msg, param=param)

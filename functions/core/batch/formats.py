@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from functions.core.batch.job import Defaults, Task
+from functions.core.errors import validation_error
 
 TASKS: tuple[str, ...] = ("embed", "classify", "chat")
 # The manifest task a batch task needs (functions/core/inference/manifest.py).
@@ -105,10 +106,9 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def body_error(exc: ValidationError) -> str:
-    """A request body's first validation error as ``body.<field>: <why>`` (no input quoted)."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(p) for p in first["loc"]) or "body"
-    return f"body.{where}: {first['msg'].removeprefix('Value error, ')}"
+    """A request body's first validation error as the API words it (errors.validation_error), under ``body``."""
+    err = validation_error(exc)
+    return f"body.{err.message}" if err.param else f"body: {err.message}"
 
 
 def parse_line(line_no: int, raw: bytes, *, model: str, task: str | None,

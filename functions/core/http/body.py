@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from functions.core.errors import InvalidJSON, PayloadTooLarge, ValidationFailed
+from functions.core.errors import InvalidJSON, PayloadTooLarge, ValidationFailed, validation_error
 from functions.core.settings import get_settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -82,18 +82,6 @@ def parse(model: type[M], resolver: Any) -> M:
         return model.model_validate(body)
     except ValidationError as exc:
         raise validation_error(exc) from None
-
-
-def validation_error(exc: ValidationError) -> ValidationFailed:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    loc = [str(p) for p in first["loc"]]
-    # Union members add their type name to loc (e.g. input.str / input.list[...]); drop them.
-    loc = [p for p in loc if not (p.startswith(("str", "list[", "int", "function-", "literal[")) and p != loc[0])]
-    param = ".".join(loc) or None
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown field"
-    return ValidationFailed(f"{param}: {msg}" if param else msg, param=param)
 
 
 def caller_key_id(resolver: Any) -> str | None:
