@@ -140,19 +140,8 @@ class HeavyServer:
             gens = self.generator.complete(req2.text(), req2.sampling(20))
             time.sleep(pace_s * sum(g.completion_tokens for g in gens))
             return 200, completion_body(req2.model, gens, fingerprint=fingerprint, token_text=token_text)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
-        except CirrusError as exc:  # e.g. prompt longer than the context window
-            return 422, {"error": exc.message, "error_type": "validation"}
-        except (ValueError, TypeError, OverflowError) as exc:
-            # A value the schema let through but the sampler cannot take (e.g. a seed numpy refuses):
-            # still the request's fault, so TGI's answer to it, 422, not a crash.
-            return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
-        except Exception as exc:  # noqa: BLE001 - a real container answers 500, it does not hang up
-            log.exception("generation failed")
-            return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
+        except Exception as exc:  # noqa: BLE001 - a real container answers, it does not hang up
+            return _refusal(exc)
 
     def open_stream(self, payload: Any) -> tuple[int, dict] | tuple[int, "TgiStream"]:
         """TGI's ``stream: true``: 200 and the SSE events to send, or the refusal as ``run`` gives it."""
@@ -165,17 +154,8 @@ class HeavyServer:
             ids = self.generator.encode_chat(req.turns()) if chat else self.generator.encode(req.text())
             state = self.generator.prefill(ids)  # the prompt's checks, before the 200
             deltas = self.generator.stream(ids, req.sampling(20), state=state)
-        except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(p) for p in first["loc"])
-            return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
-        except CirrusError as exc:
-            return 422, {"error": exc.message, "error_type": "validation"}
-        except (ValueError, TypeError, OverflowError) as exc:  # as run(): the request's fault, 422
-            return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
-        except Exception as exc:  # noqa: BLE001 - a real container answers 500, it does not hang up
-            log.exception("generation failed")
-            return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
+        except Exception as exc:  # noqa: BLE001 - a real container answers, it does not hang up
+            return _refusal(exc)
         return 200, TgiStream(deltas, len(ids), req.model, chat=chat, include_usage=req.include_usage,
                               fingerprint=f"local-{self.generator.version}")
 
@@ -200,6 +180,22 @@ class HeavyServer:
             status, body = 500, {"error": f"{exc.__class__.__name__}", "error_type": "internal"}
         bucket, key = split(output_uri if status == 200 else failure_uri)
         self.s3().put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode(), ContentType="application/json")
+
+
+def _refusal(exc: Exception) -> tuple[int, dict]:
+    """What a container answers when a request fails: 422 for the request's own fault, 500 otherwise."""
+    if isinstance(exc, ValidationError):
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return 422, {"error": f"Input validation error: {where}: {first['msg']}", "error_type": "validation"}
+    if isinstance(exc, CirrusError):  # e.g. prompt longer than the context window
+        return 422, {"error": exc.message, "error_type": "validation"}
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):
+        # A value the schema let through but the sampler cannot take (e.g. a seed numpy refuses):
+        # still the request's fault, so TGI's answer to it, 422, not a crash.
+        return 422, {"error": f"Input validation error: {exc.__class__.__name__}", "error_type": "validation"}
+    log.exception("generation failed")
+    return 500, {"error": f"generation failed: {exc.__class__.__name__}", "error_type": "generation"}
 
 
 # --- tools and grammars, as TGI answers them -------------------------------------------------------
