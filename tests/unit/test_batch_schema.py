@@ -55,6 +55,7 @@ def test_line_fields_override_file_defaults():
     (b'{"input": "' + b"a" * 51 + b'"}', "input_too_long"),
     (b'{"input": "x", "id": {"a": 1}}', "wrong_type"),
     (b'{"input": "x", "id": true}', "wrong_type"),
+    (b"[" * 100_000 + b"]" * 100_000, "invalid_json"),          # past the parser's recursion limit
     (b'{"input": "x", "task": "generate"}', "invalid_value"),
     (b'{"input": "x", "model": ""}', "wrong_type"),
 ])
@@ -79,6 +80,7 @@ def test_header_is_recognised_only_in_its_exact_shape():
     assert parse_header(b'{"defaults": {"model": "m", "task": "classify"}}').task == "classify"
     assert parse_header(b'{"input": "x"}') is None
     assert parse_header(b"not json") is None
+    assert parse_header(b"[" * 100_000 + b"]" * 100_000) is None   # nested past the parser: a bad line
     with pytest.raises(ValueError):
         parse_header(b'{"defaults": {"task": "generate"}}')
     with pytest.raises(ValueError):

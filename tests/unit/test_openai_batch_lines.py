@@ -18,6 +18,7 @@ def _line(**over) -> bytes:
 @pytest.mark.parametrize(("raw", "why"), [
     (b"{nope", "not valid JSON"),
     (b"[1]", "JSON object"),
+    (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),   # past the parser's recursion limit
     (_line(custom_id=""), "custom_id"),
     (_line(method="GET"), "method must be POST"),
     (_line(url="/v1/chat/completions"), "url must be"),   # not the batch's endpoint

@@ -87,8 +87,8 @@ def parse_header(raw: bytes) -> Defaults | None:
     """The header's defaults if ``raw`` (line 1) is a header, else None. Raises ValueError if malformed."""
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
-        return None  # not JSON: an ordinary (bad) line, reported by the worker
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None  # not JSON (or nested past the parser): an ordinary bad line, reported by the worker
     if not isinstance(obj, dict) or "defaults" not in obj or "input" in obj:
         return None
     if set(obj) != {"defaults"}:
@@ -124,6 +124,8 @@ def parse_line(line_no: int, raw: bytes, *, model: str, task: str | None,
         obj = json.loads(text)
     except ValueError as exc:
         return LineError(line_no, "invalid_json", f"line is not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:  # one line nested past the parser must not fail its whole chunk
+        return LineError(line_no, "invalid_json", "line nests too deeply to parse")
     if not isinstance(obj, dict):
         return LineError(line_no, "wrong_type", f"line must be a JSON object, got {type(obj).__name__}")
     line_id = obj.get("id")

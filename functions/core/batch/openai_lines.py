@@ -48,7 +48,7 @@ class Request:
 def parse_request(line_no: int, raw: bytes, endpoint: str, default_model: str) -> Request:
     try:
         obj = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser: not a request either (a 400, not a 500)
         raise BadLine(line_no, "not valid JSON") from None
     if not isinstance(obj, dict):
         raise BadLine(line_no, "must be a JSON object")
